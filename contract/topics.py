@@ -1,0 +1,76 @@
+"""The MQTT topic scheme, in one place (runs under MicroPython too).  See docs/message-format.md.
+
+Cloud broker (gateway <-> cloud)::
+
+    ft/v1/<tenant>/gw/<gateway>/up          gateway -> cloud   signed batch frames (QoS 1)
+    ft/v1/<tenant>/gw/<gateway>/receipt     cloud -> gateway   commit receipts (QoS 1)
+    ft/v1/<tenant>/gw/<gateway>/config      cloud -> gateway   signed config (retained)
+    ft/v1/<tenant>/gw/<gateway>/health      gateway -> cloud   signed heartbeat (QoS 0)
+    ft/v1/<tenant>/gw/<gateway>/state       gateway -> cloud   birth / last will (retained)
+
+Gateway broker (node <-> gateway)::
+
+    ft/v1/node/<node>/up        node -> gateway    signed telemetry frames (QoS 1)
+    ft/v1/node/<node>/state     node -> gateway    birth / last will (retained)
+    ft/v1/node/<node>/config    gateway -> node    config signed by the cloud (retained)
+    ft/v1/node/<node>/ota       gateway -> node    OTA manifest signed by the cloud (retained)
+    ft/v1/node/<node>/awake     gateway -> node    retained "stay awake" flag for maintenance
+
+Identifiers are 1-64 characters of ``A-Z a-z 0-9 - _ .``: no MQTT wildcard or separator can
+appear in them.
+"""
+
+ROOT = "ft/v1"
+INGEST_SHARE_GROUP = "ingest"
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_."
+
+
+def valid_id(ident):
+    """True when ``ident`` may be used as a tenant, gateway or node id."""
+    if not isinstance(ident, str) or not 1 <= len(ident) <= 64:
+        return False
+    return all(c in _ID_CHARS for c in ident)
+
+
+def _check(*idents):
+    for ident in idents:
+        if not valid_id(ident):
+            raise ValueError(f"invalid identifier for a topic: {ident!r}")
+
+
+def gateway(tenant, gw, leaf):
+    _check(tenant, gw)
+    return f"{ROOT}/{tenant}/gw/{gw}/{leaf}"
+
+
+def node(node_id, leaf):
+    _check(node_id)
+    return f"{ROOT}/node/{node_id}/{leaf}"
+
+
+def gateway_uplink_filter(shared=True):
+    """Subscription filter for ingest workers: all gateways' uplinks, shared between workers."""
+    f = ROOT + "/+/gw/+/up"
+    return f"$share/{INGEST_SHARE_GROUP}/{f}" if shared else f
+
+
+NODE_UPLINK_FILTER = ROOT + "/node/+/up"
+NODE_STATE_FILTER = ROOT + "/node/+/state"
+
+
+def parse_node_topic(topic):
+    """Return (node_id, leaf) for a node topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] + "/" + parts[1] != ROOT or parts[2] != "node":
+        raise ValueError(f"not a node topic: {topic!r}")
+    _check(parts[3])
+    return parts[3], parts[4]
+
+
+def parse_gateway_topic(topic):
+    """Return (tenant, gateway_id, leaf) for a gateway topic, or raise ValueError."""
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] + "/" + parts[1] != ROOT or parts[3] != "gw":
+        raise ValueError(f"not a gateway topic: {topic!r}")
+    _check(parts[2], parts[4])
+    return parts[2], parts[4], parts[5]

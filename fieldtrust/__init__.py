@@ -1,0 +1,1 @@
+"""The ``fieldtrust`` command: thin wrappers that parse arguments and call the packages."""

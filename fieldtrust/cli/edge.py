@@ -1,0 +1,7 @@
+"""``fieldtrust edge``: run and check the gateway agent, scan a bus."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)

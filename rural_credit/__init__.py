@@ -1,0 +1,1 @@
+"""Rural credit: data trust, farm features, an explainable scorecard, loan assessment (to come)."""
