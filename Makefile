@@ -12,13 +12,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# A real MicroPython (WebAssembly port, run by Node.js) for the firmware and contract tests.
+MPY_STAMP := hardware/micropython/node_modules/.installed
+$(MPY_STAMP): hardware/micropython/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix hardware/micropython --no-audit --no-fund --loglevel=error && touch $(MPY_STAMP); \
+	else echo "npm not found: MicroPython tests will be skipped"; fi
+
 venv: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 # pytest exits 5 when it collected no test; that is a failure of the suite, not a pass.
-test: $(STAMP)
+test: $(STAMP) $(MPY_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

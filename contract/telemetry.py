@@ -30,6 +30,8 @@ try:  # CPython: the C implementation; MicroPython has no hmac module.
     import hmac as _hmac
 except ImportError:  # pragma: no cover - exercised under MicroPython and by a test
     _hmac = None
+if not hasattr(_hmac, "compare_digest"):  # micropython-lib's pure-Python hmac has no compare_digest
+    _hmac = None
 
 CONTRACT_VERSION = 1
 
@@ -74,7 +76,7 @@ class ContractError(ValueError):
     """A message does not follow the contract.  ``reason`` is a short machine-readable code."""
 
     def __init__(self, reason, detail=""):
-        ValueError.__init__(self, reason + (": " + detail if detail else ""))
+        super().__init__(reason + (": " + detail if detail else ""))  # MicroPython has no ValueError.__init__
         self.reason = reason
         self.detail = detail
 
@@ -113,8 +115,8 @@ def equal_constant_time(a, b):
     if len(a) != len(b):
         return False
     diff = 0
-    for x, y in zip(a, b, strict=False):
-        diff |= x ^ y
+    for i in range(len(a)):  # MicroPython's zip() takes no strict= keyword
+        diff |= a[i] ^ b[i]
     return diff == 0
 
 

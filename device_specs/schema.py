@@ -7,6 +7,8 @@ physical range is plausible.  Errors name the file, the point and the key at fau
 
 from __future__ import annotations
 
+import builtins  # Point has a field named range
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -14,9 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 SCHEMA_ID = "fieldtrust.device-spec/1"
 
+
+class FieldIssue(ValueError):
+    """A consistency error raised by a validator, located relative to the model that raised it.
+
+    ``loc`` is a path such as ``("points", 3, "metric")``; the registry appends it to pydantic's
+    own location so a message names the point (index and metric) and the key at fault even
+    when the check runs at spec level.
+    """
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        self.loc = loc
+        self.message = message
+        where = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".")
+        super().__init__(f"{where}: {message}" if where else message)
+
 ModelId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9\-]{1,63}$")]
 MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 SemVer = Annotated[str, StringConstraints(pattern=r"^\d+\.\d+\.\d+$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # a NaN scale would turn every reading into NaN
 
 
 class Interface(StrEnum):
@@ -148,12 +166,12 @@ class Point(BaseModel):
     length: int | None = Field(default=None, ge=1, le=64)  # string registers
     # serial-line location: the named group of the spec's line pattern
     field: str | None = None
-    # node-side location (adc channel, i2c register, onewire family)
+    # node-side location: adc input, i2c register or word of the answer, onewire family code
     channel: int | None = Field(default=None, ge=0, le=255)
     # raw -> physical: value = raw * scale + offset
-    scale: float = 1.0
-    offset: float = 0.0
-    range: tuple[float, float] | None = None  # valid physical range, inclusive
+    scale: Finite = 1.0
+    offset: Finite = 0.0
+    range: tuple[Finite, Finite] | None = None  # valid physical range, inclusive
     poll_interval_s: float = Field(default=60.0, ge=0.1, le=86_400)
     writable: bool = False
     verified: bool = False  # checked against real hardware (not only the datasheet)
@@ -162,19 +180,23 @@ class Point(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Point:
         if self.range is not None and self.range[0] > self.range[1]:
-            raise ValueError(f"range: low {self.range[0]} is above high {self.range[1]}")
+            raise FieldIssue(("range",), f"low {self.range[0]:g} is above high {self.range[1]:g}")
         if self.scale == 0:
-            raise ValueError("scale: must not be 0")
+            raise FieldIssue(("scale",), "must not be 0 (raw values would all read as the offset)")
         if self.type == DataType.STRING and self.length is None:
-            raise ValueError("length: required for type string (in registers)")
+            raise FieldIssue(("length",), "required for type string (in registers, two characters each)")
         if self.type != DataType.STRING and self.length is not None:
-            raise ValueError("length: only for type string")
+            raise FieldIssue(("length",), f"only for type string, not {self.type.value}")
         if self.table is not None and self.table.is_bits and self.type != DataType.BITS:
-            raise ValueError(f"type: a {self.table.value} point must be of type bits")
+            raise FieldIssue(("type",), f"a {self.table.value} point must be of type bits, not {self.type.value}")
         if self.bit is not None and self.type != DataType.BITS:
-            raise ValueError("bit: only for type bits")
-        if self.type.registers == 1 and self.order in (ByteOrder.CDAB, ByteOrder.DCBA):
-            raise ValueError(f"order: {self.order.value} swaps words but {self.type.value} has one word")
+            raise FieldIssue(("bit",), f"only for type bits, not {self.type.value}")
+        if self.bit is not None and self.table is not None and self.table.is_bits:
+            raise FieldIssue(("bit",), f"a {self.table.value} is one bit already; bit selects a bit of a register")
+        if self.type.registers == 1 and self.order.swap_words:
+            raise FieldIssue(("order",), f"{self.order.value} swaps words but {self.type.value} has one word")
+        if self.type == DataType.STRING and self.order.swap_words:
+            raise FieldIssue(("order",), f"{self.order.value}: strings are ABCD or BADC (bytes swapped per word)")
         return self
 
     @property
@@ -186,6 +208,25 @@ class Point(BaseModel):
     def in_range(self, value: float) -> bool:
         return self.range is None or self.range[0] <= value <= self.range[1]
 
+    def span(self) -> builtins.range:
+        """The Modbus addresses this point occupies (empty for non-Modbus points)."""
+        if self.address is None:
+            return builtins.range(0)
+        return builtins.range(self.address, self.address + max(self.register_count, 1))
+
+    def shares_register_with(self, other: Point) -> bool:
+        """Whether two overlapping points may legitimately read the same registers.
+
+        Allowed: different bits of one register, or the same value read twice (same span,
+        type and order) with a different scale, e.g. pressure in bar and water level in m.
+        """
+        if self.span() != other.span():
+            return False
+        if self.type == DataType.BITS and other.type == DataType.BITS:
+            one_bit_each = self.table is not None and self.table.is_bits
+            return one_bit_each or (self.bit or 0) != (other.bit or 0)
+        return (self.type, self.order, self.length) == (other.type, other.order, other.length)
+
 
 class LineProtocol(BaseModel):
     """A serial line protocol: optional request string, and a regex with named groups."""
@@ -194,6 +235,10 @@ class LineProtocol(BaseModel):
     request: str | None = None  # sent before each read (escapes such as \r\n allowed)
     pattern: str  # Python regex; each point's ``field`` names a group
     terminator: str = "\n"
+
+
+def _addr(p: Point) -> str:
+    return f"{p.address} (0x{p.address:04X})" if p.address is not None else "-"
 
 
 class DeviceSpec(BaseModel):
@@ -214,40 +259,94 @@ class DeviceSpec(BaseModel):
     line: LineProtocol | None = None
     points: Annotated[list[Point], Field(min_length=1)]
     calibration: dict[str, str] = {}  # hints for technicians, by metric or topic
+    #: 7-bit bus address of an i2c device (e.g. 0x44 for an SHT3x with ADDR low); i2c only
+    i2c_address: int | None = Field(default=None, ge=0x08, le=0x77)
 
     @model_validator(mode="after")
     def _consistent(self) -> DeviceSpec:
-        seen: set[str] = set()
+        self._check_interface_keys()
+        seen: dict[str, int] = {}
         for i, p in enumerate(self.points):
-            where = f"points.{i} ({p.metric})"
             if p.metric in seen:
-                raise ValueError(f"{where}: metric: duplicate name")
-            seen.add(p.metric)
-            if self.interface.is_modbus:
-                if p.table is None or p.address is None:
-                    raise ValueError(f"{where}: table and address are required for {self.interface.value}")
-                if p.address + max(p.register_count, 1) > 65536:
-                    raise ValueError(f"{where}: address: value runs past register 65535")
-            elif self.interface == Interface.SERIAL_LINE:
-                if not p.field:
-                    raise ValueError(f"{where}: field: required for serial-line (a group of line.pattern)")
-            elif self.interface in (Interface.ADC, Interface.ONEWIRE, Interface.I2C) and p.table is not None:
-                raise ValueError(f"{where}: table: only for Modbus interfaces")
-        if self.interface == Interface.MODBUS_RTU and self.serial is None:
-            raise ValueError("serial: required for modbus-rtu (baud, parity, stop bits, unit id)")
+                raise FieldIssue(("points", i, "metric"), f"duplicate name (also points[{seen[p.metric]}])")
+            seen[p.metric] = i
+            self._check_point_location(i, p)
+        if self.interface.is_modbus:
+            self._check_overlaps()
         if self.interface == Interface.SERIAL_LINE:
-            if self.line is None:
-                raise ValueError("line: required for serial-line")
-            import re
-
-            try:
-                groups = set(re.compile(self.line.pattern).groupindex)
-            except re.error as exc:
-                raise ValueError(f"line.pattern: not a valid regex: {exc}") from None
-            for p in self.points:
-                if p.field not in groups:
-                    raise ValueError(f"points ({p.metric}): field: {p.field!r} is not a group of line.pattern")
+            self._check_line_fields()
         return self
+
+    def _check_interface_keys(self) -> None:
+        iface = self.interface.value
+        if self.interface == Interface.MODBUS_RTU and self.serial is None:
+            raise FieldIssue(("serial",), "required for modbus-rtu (baud, parity, stop bits, unit id)")
+        if self.serial is not None and self.interface not in (Interface.MODBUS_RTU, Interface.SERIAL_LINE):
+            raise FieldIssue(("serial",), f"only for modbus-rtu and serial-line, not {iface}")
+        if self.interface == Interface.SERIAL_LINE and self.line is None:
+            raise FieldIssue(("line",), "required for serial-line (request, pattern, terminator)")
+        if self.line is not None and self.interface != Interface.SERIAL_LINE:
+            raise FieldIssue(("line",), f"only for serial-line, not {iface}")
+        if self.interface == Interface.I2C and self.i2c_address is None:
+            raise FieldIssue(("i2c_address",), "required for i2c (the 7-bit device address, e.g. 0x44)")
+        if self.i2c_address is not None and self.interface != Interface.I2C:
+            raise FieldIssue(("i2c_address",), f"only for i2c, not {iface}")
+        if self.timing.max_response_ms > self.timing.response_timeout_ms:
+            raise FieldIssue(
+                ("timing", "max_response_ms"),
+                f"{self.timing.max_response_ms} is above response_timeout_ms {self.timing.response_timeout_ms}",
+            )
+
+    def _check_point_location(self, i: int, p: Point) -> None:
+        iface = self.interface.value
+        if self.interface.is_modbus:
+            for key in ("table", "address"):
+                if getattr(p, key) is None:
+                    raise FieldIssue(("points", i, key), f"required for {iface}")
+            if p.address is not None and p.address + max(p.register_count, 1) > 65536:
+                raise FieldIssue(("points", i, "address"), f"{p.register_count} registers from {p.address} pass 65535")
+        else:
+            for key in ("table", "address"):
+                if getattr(p, key) is not None:
+                    raise FieldIssue(("points", i, key), f"only for Modbus interfaces, not {iface}")
+        if self.interface == Interface.SERIAL_LINE:
+            if not p.field:
+                raise FieldIssue(("points", i, "field"), "required for serial-line (a named group of line.pattern)")
+        elif p.field is not None:
+            raise FieldIssue(("points", i, "field"), f"only for serial-line, not {iface}")
+        node_side = self.interface in (Interface.ADC, Interface.I2C, Interface.ONEWIRE)
+        if node_side and p.channel is None:
+            raise FieldIssue(("points", i, "channel"), f"required for {iface} (see docs/device-spec-format.md)")
+        if not node_side and p.channel is not None:
+            raise FieldIssue(("points", i, "channel"), f"only for adc, i2c and onewire, not {iface}")
+
+    def _check_overlaps(self) -> None:
+        """Two points may read the same register only as bits of it, or as the same value twice."""
+        for i, p in enumerate(self.points):
+            for j in range(i):
+                q = self.points[j]
+                if p.table != q.table or not set(p.span()) & set(q.span()) or p.shares_register_with(q):
+                    continue
+                raise FieldIssue(
+                    ("points", i, "address"),
+                    f"{p.type.value} {p.order.value} at {_addr(p)} overlaps points[{j}] ({q.metric}), "
+                    f"{q.type.value} {q.order.value} at {_addr(q)} in the {q.table.value if q.table else ''} table; "
+                    "registers may be shared only by different bits of one register or by the same value read "
+                    "twice (same span, type and order)",
+                )
+
+    def _check_line_fields(self) -> None:
+        assert self.line is not None
+        try:
+            groups = set(re.compile(self.line.pattern).groupindex)
+        except re.error as exc:
+            raise FieldIssue(("line", "pattern"), f"not a valid regular expression: {exc}") from None
+        for i, p in enumerate(self.points):
+            if p.field not in groups:
+                raise FieldIssue(
+                    ("points", i, "field"),
+                    f"{p.field!r} is not a named group of line.pattern (groups: {', '.join(sorted(groups)) or 'none'})",
+                )
 
     @property
     def key(self) -> str:

@@ -128,6 +128,8 @@ class IntakeConfig(_Strict):
     broker: BrokerConfig = BrokerConfig()
     #: sequence numbers remembered per node to tell duplicates and replays
     replay_window: int = Field(default=4096, ge=16, le=1_000_000)
+    #: how long the local broker keeps the agent's session (node frames queued while it is down)
+    session_expiry_s: int = Field(default=86_400, ge=0, le=2**32 - 1)
 
 
 class UplinkConfig(_Strict):

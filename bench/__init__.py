@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures and ratios measured in the same run (``python -m bench.<name>``)."""
