@@ -26,8 +26,8 @@ import psutil
 import yaml
 
 from fieldtrust import processes
-from tests.support.cloud_peer import CloudPeer
-from tests.support.mosquitto import PrivateMosquitto
+from fieldtrust.services.mosquitto import PrivateMosquitto
+from hardware.cloud_peer import CloudPeer
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = bytes(range(32))

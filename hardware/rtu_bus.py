@@ -9,17 +9,22 @@ A pty delivers bytes instantly, so the line's timing is modelled: each byte occu
 for one character time (``bits_per_char / baud``); a request counts as complete only after the
 line has been silent for 3.5 characters (1.75 ms above 19200 baud) past its last byte; the
 device then waits ``turnaround_ms`` (plus any ``late_ms`` fault) and its answer is written when
-its last character would reach the master.  Frames are delimited by that silence, so the line
-resynchronises after noise as a real slave does.  Waiting uses ``select`` on the pty and a wake
-pipe with exact timeouts: no polling, and :meth:`stop` interrupts any wait.  The bus thread asks
-the kernel for 1 µs timer slack and aims each answer early by the oversleep it has measured, so
-at 115200 baud the line runs within a few percent of its theoretical rate.
+its last character would reach the master.  Answers are scheduled, not slept on, so a late
+device does not hold up the others: the line stays free while it thinks.  Frames are delimited
+by that silence, so the line resynchronises after noise as a real slave does.
+
+Waiting uses ``select`` on the pty and a wake pipe with exact timeouts: no polling, and
+:meth:`stop` interrupts any wait.  The bus thread asks the kernel for 1 µs timer slack and aims
+each write early by the oversleep it has measured, so at 115200 baud the line runs within a few
+percent of its theoretical rate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import heapq
+import itertools
 import logging
 import os
 import select
@@ -72,7 +77,9 @@ class RtuBusSimulator:
         self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._oversleep_s = 0.0  # running mean of how late a timed wait wakes up
+        self._oversleep_s = 0.0  # how early to aim a timed write so that it lands on time
+        self._pending: list[tuple[float, int, bytes]] = []  # responses by arrival time
+        self._sequence = itertools.count()
 
     @property
     def line(self) -> str:
@@ -86,6 +93,7 @@ class RtuBusSimulator:
         self._wake = os.pipe()
         self.port = self._pty.path
         self._stopping = False
+        self._pending.clear()
         self._thread = threading.Thread(target=self._run, name=f"rtu-bus {self.port}", daemon=True)
         self._thread.start()
         return self
@@ -118,54 +126,56 @@ class RtuBusSimulator:
         buf = bytearray()
         line_free = 0.0  # when the last byte seen so far finished crossing the line
         while not self._stopping:
-            timeout = None if not buf else max(0.0, line_free + self.gap_s - time.monotonic())
+            deadlines = [line_free + self.gap_s] if buf else []
+            if self._pending:
+                deadlines.append(self._pending[0][0] - self._oversleep_s)
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             ready, _, _ = select.select(watched, [], [], timeout)
             if wake in ready:
                 return
             if pty.watch_fd in ready:
                 pty.handle_watch_events()
-            now = time.monotonic()
             if master in ready:
                 try:
                     data = os.read(master, 4096)
                 except (BlockingIOError, InterruptedError):
-                    continue
+                    data = b""
                 except OSError as exc:  # cannot happen while we hold the slave end; never spin on it
                     log.error("rtu bus %s: read failed: %s", self.port, exc)
                     select.select([wake], [], [], 0.1)
-                    continue
-                line_free = max(line_free, now) + len(data) * self.char_s
+                    data = b""
+                line_free = max(line_free, time.monotonic()) + len(data) * self.char_s
                 buf += data
-                continue
-            if buf and now >= line_free + self.gap_s:
+            self._send_due()
+            if buf and time.monotonic() >= line_free + self.gap_s:
                 frame = bytes(buf)
                 buf.clear()
                 try:
-                    line_free = max(line_free, self._serve(frame, line_free + self.gap_s))
+                    self._serve(frame, line_free + self.gap_s)
                 except Exception:  # a simulator bug must not take the line down
                     log.exception("rtu bus %s: failed to serve %s", self.port, frame.hex())
 
-    def _serve(self, frame: bytes, complete_at: float) -> float:
-        """Answer one frame; returns when the line is free again."""
+    def _serve(self, frame: bytes, complete_at: float) -> None:
+        """Answer one frame: schedule the response for when its last byte would reach the master."""
         count = self.stats.count
         count("requests")
         expected = rtu_request_length(frame)
         if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:] or (expected is not None and expected != len(frame)):
             count("ignored")
-            return complete_at
+            return
         unit, pdu = frame[0], frame[1:-2]
         if unit == 0:
             count("broadcasts")
             broadcast(list(self.devices.values()), pdu)
-            return complete_at
+            return
         device = self.devices.get(unit)
         if device is None:
             count("ignored")
-            return complete_at
+            return
         faults = device.faults
         if faults.no_answer or not faults.online():
             count("silenced")
-            return complete_at
+            return
         response = bytes((unit,)) + answer(device, pdu)
         response += crc16(response)
         count("answered")
@@ -178,20 +188,20 @@ class RtuBusSimulator:
             count("garbage_sent")
             response = faults.noise(response)
         arrives = complete_at + self.turnaround_s + faults.late_ms / 1000.0 + len(response) * self.char_s
-        self._wait_until(arrives)
-        if not self._stopping:
-            assert self._pty is not None
-            os.write(self._pty.fd, response)
-        return arrives
+        heapq.heappush(self._pending, (arrives, next(self._sequence), response))
 
-    def _wait_until(self, deadline: float) -> None:
-        """Sleep until ``deadline`` (monotonic), less the usual oversleep; only :meth:`stop` wakes it early."""
-        assert self._wake is not None
-        aim = deadline - self._oversleep_s
-        while (left := aim - time.monotonic()) > 0 and not self._stopping:
-            select.select([self._wake[0]], [], [], left)
-        late = time.monotonic() - deadline
-        self._oversleep_s = max(0.0, min(0.001, self._oversleep_s + 0.2 * late))
+    def _send_due(self) -> None:
+        """Write every scheduled response whose time has come (aimed early by the usual oversleep)."""
+        assert self._pty is not None
+        while self._pending and self._pending[0][0] - self._oversleep_s <= time.monotonic():
+            arrives, _, response = heapq.heappop(self._pending)
+            try:
+                os.write(self._pty.fd, response)
+            except OSError as exc:  # the master stopped reading and the pty is full: the answer is lost
+                log.warning("rtu bus %s: answer dropped: %s", self.port, exc)
+            late = time.monotonic() - arrives
+            if abs(late) < 0.002:  # learn from timer wake-ups, not from a slow request
+                self._oversleep_s = max(0.0, min(0.001, self._oversleep_s + 0.2 * late))
 
 
 def _tight_timer_slack() -> None:

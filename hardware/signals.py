@@ -167,18 +167,21 @@ class SignalModel:
         return _WILTING + (m - _WILTING) * math.exp(-(t - since) / _DRYING_TAU_S)
 
     def _midnight_moisture(self, day: int) -> float:
+        """Soil moisture at the start of ``day``: days are chained from EPOCH (memoised), or, before
+        EPOCH, from a month earlier (not memoised, so the answer never depends on what was asked first)."""
         known = self._moisture_at_midnight
         if day in known:
             return known[day]
-        first = self.day(EPOCH) if day >= self.day(EPOCH) else day - 30  # before EPOCH: a month of history
-        d = max((k for k in known if first <= k <= day), default=first)
-        m = known.get(d, _START_MOISTURE)
+        start = self.day(EPOCH)
+        before_epoch = day < start
+        d = day - 30 if before_epoch else max((k for k in known if k <= day), default=start)
+        m = known.get(d, _START_MOISTURE) if not before_epoch else _START_MOISTURE
         while d < day:
             midnight = self._at(d, 0.0)
             m = self._moisture_through(m, midnight, self._wetting_events(d), midnight + DAY)
             d += 1
-            known[d] = m
-        known[day] = m
+            if not before_epoch:
+                known[d] = m
         return m
 
     def soil_moisture(self, t: float) -> float:

@@ -13,8 +13,6 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from support.cloud_peer import CloudPeer
-from support.mosquitto import PrivateMosquitto
 from support.readings import node_frame
 
 from contract import topics
@@ -23,6 +21,8 @@ from edge_agent.agent import Agent
 from edge_agent.config import parse_config
 from edge_agent.outbox import Outbox
 from fieldtrust import processes
+from fieldtrust.services.mosquitto import PrivateMosquitto
+from hardware.cloud_peer import CloudPeer
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator

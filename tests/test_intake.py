@@ -11,7 +11,6 @@ from collections.abc import Callable
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from support.mosquitto import PrivateMosquitto
 from support.readings import node_frame
 
 from contract import models, topics
@@ -19,6 +18,7 @@ from contract.telemetry import encode_body, sign
 from edge_agent.config import BrokerConfig, IntakeConfig
 from edge_agent.intake import Intake
 from edge_agent.outbox import Item, Outbox
+from fieldtrust.services.mosquitto import PrivateMosquitto
 
 KEY = os.urandom(32)
 

@@ -276,7 +276,7 @@ def test_transactions_take_line_time(soil, baud, parity, stop_bits, bits):
         finally:
             m.close()
     floor = count * per_tx
-    assert floor * 0.99 <= elapsed <= floor * 1.15 + 0.005, (elapsed, floor)
+    assert floor * 0.99 <= elapsed <= floor * 1.2 + 0.01, (elapsed, floor)
 
 
 def test_turnaround_adds_to_each_answer(soil):
@@ -306,6 +306,17 @@ def test_fault_late_answer(bus, raw):
     frame = raw.read_registers(2, 6, 1)
     assert time.perf_counter() - start >= 0.120 + 10 * bus.char_s
     assert len(registers_of(frame)) == 1
+
+
+def test_late_device_does_not_hold_up_the_line(bus, raw):
+    bus.devices[2].faults.late_ms = 300
+    raw.send(2, struct.pack(">BHH", 3, 6, 1))
+    assert raw.receive(7, timeout=0.05) == b""  # the master gives up on unit 2...
+    start = time.perf_counter()
+    assert len(registers_of(raw.read_registers(1, 0, 1))) == 1  # ...and unit 1 answers at line speed
+    assert time.perf_counter() - start < 0.05
+    late = raw.receive(7, timeout=0.5)  # unit 2's answer still comes, late, as on a real line
+    assert late[:2] == b"\x02\x03" and len(registers_of(late)) == 1
 
 
 def test_fault_crc_errors(bus, raw):
@@ -608,9 +619,10 @@ def test_signals_are_deterministic_per_seed():
     t = EPOCH + 123.4 * DAY
     assert SignalModel(seed=5).air_temperature(t) == SignalModel(seed=5).air_temperature(t)
     assert SignalModel(seed=5).soil_moisture(t) != SignalModel(seed=6).soil_moisture(t)
-    later_first = SignalModel(seed=5)
-    later_first.soil_moisture(t + 30 * DAY)  # evaluation order must not matter
-    assert later_first.soil_moisture(t) == SignalModel(seed=5).soil_moisture(t)
+    for when in (t, EPOCH - 40 * DAY):  # evaluation order must not matter, before EPOCH either
+        later_first = SignalModel(seed=5)
+        later_first.soil_moisture(when + 3 * DAY)
+        assert later_first.soil_moisture(when) == SignalModel(seed=5).soil_moisture(when)
 
 
 def test_every_shipped_modbus_device_stays_in_range_for_a_week():

@@ -9,8 +9,6 @@ import time
 import uuid
 
 import pytest
-from support.cloud_peer import CloudPeer
-from support.mosquitto import PrivateMosquitto
 from support.readings import SW, capture_reading, node_frame
 
 from contract import models, topics
@@ -18,6 +16,8 @@ from contract.telemetry import sign
 from edge_agent.config import BrokerConfig, GatewayIdentity, UplinkConfig
 from edge_agent.outbox import Outbox
 from edge_agent.uplink import Uplink
+from fieldtrust.services.mosquitto import PrivateMosquitto
+from hardware.cloud_peer import CloudPeer
 
 FAST = {"batch_max_wait_s": 0.05, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "session_expiry_s": 60}
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 
-def run_demo() -> int:
-    from rich.console import Console
+def run_demo(seconds: float) -> int:
+    from fieldtrust.demo import run_demo as run
 
-    Console().print("demo: not built yet")
-    return 1
+    return 0 if run(seconds).ok else 1

@@ -18,11 +18,11 @@ app.add_typer(edge.app, name="edge", help="The gateway agent: run, check, scan a
 
 
 @app.command()
-def demo() -> None:
-    """Run the edge part of FieldTrust end to end against the local broker."""
+def demo(seconds: float = typer.Option(20.0, min=2, max=3600, help="How long the field runs.")) -> None:
+    """Run FieldTrust end to end on this machine and account for every reading."""
     from fieldtrust.cli.demo import run_demo
 
-    raise typer.Exit(run_demo())
+    raise typer.Exit(run_demo(seconds))
 
 
 if __name__ == "__main__":

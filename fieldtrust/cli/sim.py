@@ -69,6 +69,10 @@ def modbus(
                                   turnaround_ms=turnaround_ms)
         except ValueError as exc:
             raise _usage_error(str(exc)) from None
+        defaults = {f"{s.serial.baud} 8{s.serial.parity.value}{s.serial.stop_bits}" for s in specs if s.serial}
+        if len(defaults) > 1:
+            err.print(f"[yellow]warning:[/yellow] the specs' line defaults differ ({', '.join(sorted(defaults))}); "
+                      f"every device answers at {sim.line}")
         sim.start()
         where = f"rtu {sim.port} {sim.line}"
     else:

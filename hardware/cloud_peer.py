@@ -1,4 +1,6 @@
-"""A stand-in for the cloud ingest, for edge tests: verify, de-duplicate, store, receipt.
+"""A stand-in for the cloud ingest, for edge tests and the edge demo: verify, de-duplicate,
+store, receipt.  (The real ingest lives in ``cloud.ingest``; this peer simulates it the way the
+other modules of ``hardware`` simulate devices, so the edge can be tested on its own.)
 
 It does what the contract asks of the real ingest and nothing more: checks the gateway's batch
 signature, each node frame's own signature (with node keys it is given, as the cloud holds

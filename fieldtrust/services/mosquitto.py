@@ -1,4 +1,5 @@
-"""A PRIVATE Mosquitto for tests that stop, restart or kill a broker (never the shared one).
+"""A PRIVATE Mosquitto: for the demo on a machine without a broker, and for tests that stop,
+restart or kill a broker (never the shared one).
 
 Settings come from ``deploy/mosquitto/gateway.conf`` (the project's own gateway broker), minus
 the listener, file locations and authentication, which are replaced by a loopback port, a

@@ -1,0 +1,1 @@
+"""Local services the project starts for itself on a machine that has none (demo, tests, bench)."""
