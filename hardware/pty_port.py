@@ -35,7 +35,6 @@ class PtyPort:
         os.set_blocking(self.fd, False)
         self.reset_settings()
         self.watch_fd = _watch_closes(self.path)
-        self.closes_seen = 0
 
     def reset_settings(self) -> None:
         """Raw, 8 data bits, no parity, 50 baud: bytes pass unchanged and any real master setting differs."""
@@ -58,7 +57,6 @@ class PtyPort:
             _, mask, _, _ = _EVENT.unpack_from(data, offset)
             closed |= bool(mask & _IN_CLOSE)
         if closed:
-            self.closes_seen += 1
             with contextlib.suppress(termios.error, OSError):
                 self.reset_settings()
 

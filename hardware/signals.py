@@ -15,12 +15,9 @@ totals up to midnight) is memoised.  Sensor noise is a hash of (seed, noise key,
 from __future__ import annotations
 
 import math
-import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from device_specs.schema import Point
 
 EPOCH = 1704067200.0  # 2024-01-01T00:00:00Z: totals (rain, energy, water) count from here
 DAY = 86400.0
@@ -31,7 +28,6 @@ _WETTING_PER_MM = 0.045  # share of the gap to saturation closed by each mm of w
 _IRRIGATION_START_H, _IRRIGATION_MIN, _IRRIGATION_MM = 6.0, 40.0, 14.0
 _PUMP_W, _FLOW_L_MIN = 1500.0, 45.0
 _PIPE_AREA_M2 = math.pi * 0.025**2  # DN50 irrigation main
-_RAIN_PER_TIP_MM = 0.2  # tipping-bucket size when a gauge reports tips
 _BASE_LOAD_KW, _DAY_LOAD_KW = 0.25, 0.15
 
 
@@ -70,7 +66,7 @@ class SignalModel:
         self._totals_at_midnight: dict[int, tuple[float, float]] = {}  # rain mm, irrigation hours
 
     # -- seeded randomness --------------------------------------------------------------------
-    def _u(self, *parts: int) -> float:
+    def uniform(self, *parts: int) -> float:
         """A uniform number in [0, 1) fixed by the seed and ``parts``."""
         h = _splitmix(self.seed & _MASK)
         for p in parts:
@@ -78,8 +74,8 @@ class SignalModel:
         return (h >> 11) / float(1 << 53)
 
     def _gauss(self, *parts: int) -> float:
-        u1 = max(self._u(*parts, 1), 1e-12)
-        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * self._u(*parts, 2))
+        u1 = max(self.uniform(*parts, 1), 1e-12)
+        return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * self.uniform(*parts, 2))
 
     def noise(self, key: int, t: float, sigma: float) -> float:
         """Sensor noise: one Gaussian draw per second per key."""
@@ -108,13 +104,13 @@ class SignalModel:
     # -- events ---------------------------------------------------------------------------------
     def showers(self, day: int) -> tuple[Shower, ...]:
         """The day's rain showers (about one day in four has rain)."""
-        if self._u(day, 11) >= 0.27:
+        if self.uniform(day, 11) >= 0.27:
             return ()
         out = []
-        for i in range(1 + (self._u(day, 12) < 0.35)):
-            duration_h = 0.5 + 2.5 * self._u(day, 13, i)
-            start_h = (24.0 - duration_h) * self._u(day, 14, i)
-            mm = min(45.0, 0.4 - 6.0 * math.log(1.0 - self._u(day, 15, i)))
+        for i in range(1 + (self.uniform(day, 12) < 0.35)):
+            duration_h = 0.5 + 2.5 * self.uniform(day, 13, i)
+            start_h = (24.0 - duration_h) * self.uniform(day, 14, i)
+            mm = min(45.0, 0.4 - 6.0 * math.log(1.0 - self.uniform(day, 15, i)))
             out.append(Shower(self._at(day, start_h), self._at(day, start_h + duration_h), mm))
         return tuple(sorted(out, key=lambda s: s.start))
 
@@ -241,7 +237,7 @@ class SignalModel:
         return self._seasonal(day) + 2.5 * self._gauss(day, 21) - (2.0 if self.showers(day) else 0.0)
 
     def _daily_amplitude(self, day: int) -> float:
-        return (4.0 + 3.5 * self._u(day, 22)) * (0.55 if self.showers(day) else 1.0)
+        return (4.0 + 3.5 * self.uniform(day, 22)) * (0.55 if self.showers(day) else 1.0)
 
     def air_temperature(self, t: float) -> float:
         """°C: warmest near 15:00, coolest near 03:00; showers cool the air."""
@@ -269,7 +265,7 @@ class SignalModel:
 
     def pressure(self, t: float) -> float:
         """hPa at station level: slow synoptic waves, the semidiurnal tide, a dip in rain."""
-        p1, p2 = 2 * math.pi * self._u(31), 2 * math.pi * self._u(32)
+        p1, p2 = 2 * math.pi * self.uniform(31), 2 * math.pi * self.uniform(32)
         return (1013.0 + 8.0 * math.sin(2 * math.pi * t / (5.3 * DAY) + p1)
                 + 4.0 * math.sin(2 * math.pi * t / (2.1 * DAY) + p2)
                 + 0.6 * math.cos(4 * math.pi * self.hour(t) / 24.0) - 4.0 * self.rain_influence(t))
@@ -279,7 +275,7 @@ class SignalModel:
         return max(0.0, math.sin(math.pi * (self.hour(t) - 6.0) / 12.0))
 
     def _cloud(self, day: int) -> float:
-        return (0.45 + 0.45 * self._u(day, 41)) if self.showers(day) else 0.3 * self._u(day, 41)
+        return (0.45 + 0.45 * self.uniform(day, 41)) if self.showers(day) else 0.3 * self.uniform(day, 41)
 
     def illuminance(self, t: float) -> float:
         """lx: daylight under the day's cloud, darker in rain."""
@@ -292,13 +288,13 @@ class SignalModel:
 
     def wind_speed(self, t: float) -> float:
         """m/s: a daily base, stronger in the afternoon and in showers, gusty."""
-        base = self._smooth_daily(t, lambda d: 1.0 + 4.0 * self._u(d, 51))
+        base = self._smooth_daily(t, lambda d: 1.0 + 4.0 * self.uniform(d, 51))
         diurnal = 0.6 + 0.6 * max(0.0, math.sin(math.pi * (self.hour(t) - 8.0) / 12.0))
         return max(0.0, base * diurnal + 2.0 * self.rain_influence(t) + abs(self.noise(52, t / 5.0, 0.8)))
 
     def wind_direction(self, t: float) -> float:
         """Degrees from north, veering slowly."""
-        heading = self._smooth_daily(t, lambda d: 360.0 * self._u(d // 3, 53) + 40.0 * self._gauss(d, 54))
+        heading = self._smooth_daily(t, lambda d: 360.0 * self.uniform(d // 3, 53) + 40.0 * self._gauss(d, 54))
         return (heading + self.noise(55, t, 12.0)) % 360.0
 
     def co2(self, t: float) -> float:
@@ -348,7 +344,7 @@ class SignalModel:
 
     def water_level(self, t: float) -> float:
         """m of water above a well or tank sensor: a slow seasonal swing, drawn down by pumping."""
-        swing = 0.6 * math.sin(2 * math.pi * t / (23 * DAY) + 6.283 * self._u(81))
+        swing = 0.6 * math.sin(2 * math.pi * t / (23 * DAY) + 6.283 * self.uniform(81))
         return 2.5 + swing - 0.5 * self.pumping_influence(t)
 
     def water_pressure(self, t: float) -> float:
@@ -357,7 +353,7 @@ class SignalModel:
 
     # -- soil chemistry -------------------------------------------------------------------------
     def soil_ph(self, t: float) -> float:
-        return 6.4 + 0.6 * self._u(61) + 0.1 * math.sin(2 * math.pi * t / (29 * DAY))
+        return 6.4 + 0.6 * self.uniform(61) + 0.1 * math.sin(2 * math.pi * t / (29 * DAY))
 
     def soil_permittivity(self, t: float) -> float:
         """Relative permittivity of the soil, rising with water content (roughly Topp's curve)."""
@@ -366,156 +362,14 @@ class SignalModel:
 
     def soil_ec(self, t: float) -> float:
         """µS/cm: bulk conductivity grows with water content."""
-        return (150.0 + 300.0 * self._u(62)) + 18.0 * self.soil_moisture(t)
+        return (150.0 + 300.0 * self.uniform(62)) + 18.0 * self.soil_moisture(t)
 
     def soil_nutrient(self, t: float, which: int) -> float:
         """mg/kg of N (0), P (1) or K (2), tracking conductivity as cheap NPK probes do."""
-        level = (30.0, 15.0, 120.0)[which] * (0.7 + 0.6 * self._u(63, which))
+        level = (30.0, 15.0, 120.0)[which] * (0.7 + 0.6 * self.uniform(63, which))
         return level * self.soil_ec(t) / 800.0
 
 
 def _vapour_pressure(temp_c: float) -> float:
     """Saturation vapour pressure (hPa), Magnus formula."""
     return 6.112 * math.exp(17.62 * temp_c / (243.12 + temp_c))
-
-
-# -- spec metrics -> signals ------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    """How to compute one kind of quantity: its function, canonical unit, noise, and whether it only grows."""
-
-    name: str
-    unit: str
-    noise: float = 0.0
-    counter: bool = False
-
-
-SIGNALS: dict[str, Signal] = {s.name: s for s in (
-    Signal("air_temperature", "Cel", 0.05), Signal("soil_temperature", "Cel", 0.03),
-    Signal("dew_point", "Cel", 0.05), Signal("relative_humidity", "%", 0.4),
-    Signal("soil_moisture", "%", 0.15), Signal("rain_total", "mm", counter=True),
-    Signal("rain_rate", "mm/h"), Signal("wind_speed", "m/s"), Signal("wind_direction", "deg"),
-    Signal("pressure", "hPa", 0.08), Signal("illuminance", "lx", 50.0), Signal("solar_radiation", "W/m2", 0.5),
-    Signal("co2", "ppm", 4.0), Signal("leaf_wetness", "%"), Signal("irrigating", "bool"),
-    Signal("pump_power", "W", 3.0), Signal("load_power", "W", 5.0), Signal("energy", "kWh", counter=True),
-    Signal("voltage", "V", 0.3), Signal("current", "A", 0.01), Signal("frequency", "Hz", 0.01),
-    Signal("power_factor", "", 0.003), Signal("water_flow", "L/min", 0.2), Signal("water_total", "m3", counter=True),
-    Signal("soil_ph", "pH", 0.02), Signal("soil_ec", "uS/cm", 3.0), Signal("soil_nitrogen", "mg/kg", 0.5),
-    Signal("soil_phosphorus", "mg/kg", 0.3), Signal("soil_potassium", "mg/kg", 1.0),
-    Signal("soil_permittivity", "", 0.05), Signal("water_velocity", "m/s", 0.005),
-    Signal("water_level", "m", 0.003), Signal("water_pressure", "bar", 0.0003),
-    Signal("uptime", "s", counter=True), Signal("counter", "count", counter=True), Signal("generic", "", 0.0),
-)}
-
-# metric name patterns, first match wins; "soil" in the category turns plain temperature/% into soil ones
-_BY_NAME: list[tuple[str, str]] = [
-    (r"soil.*(moist|water|vwc)|moisture|vwc", "soil_moisture"),
-    (r"soil.*temp|water.*temp", "soil_temperature"),  # water in a well or tank: damped like soil
-    (r"permittiv|dielectric", "soil_permittivity"),
-    (r"dew", "dew_point"),
-    (r"temp", "air_temperature"),
-    (r"humid|(^|_)rh($|_)", "relative_humidity"),
-    (r"rain.*(rate|intens)|precip.*(rate|intens)", "rain_rate"),
-    (r"rain|precip", "rain_total"),
-    (r"wind.*dir|direction", "wind_direction"),
-    (r"wind|gust", "wind_speed"),
-    (r"water.*press|hydrostat", "water_pressure"),
-    (r"press|baro", "pressure"),
-    (r"lux|illum|light", "illuminance"),
-    (r"radiation|solar|irradi|(^|_)par($|_)", "solar_radiation"),
-    (r"co2", "co2"),
-    (r"leaf|wetness", "leaf_wetness"),
-    (r"energy|kwh", "energy"),
-    (r"power_factor|(^|_)pf($|_)|cos_phi", "power_factor"),
-    (r"pump.*power", "pump_power"),
-    (r"power", "load_power"),
-    (r"volt", "voltage"),
-    (r"current|amp", "current"),
-    (r"freq", "frequency"),
-    (r"(water|volume|flow).*(total|sum|cumul)|totali", "water_total"),
-    (r"velocity", "water_velocity"),
-    (r"flow", "water_flow"),
-    (r"level|depth", "water_level"),
-    (r"uptime|run_?time|operating_time", "uptime"),
-    (r"count|pulse", "counter"),
-    (r"(^|_)ph($|_)", "soil_ph"),
-    (r"(^|_)ec($|_)|conduct", "soil_ec"),
-    (r"nitrogen", "soil_nitrogen"),
-    (r"phosph", "soil_phosphorus"),
-    (r"potass", "soil_potassium"),
-    (r"pump|irrigat|valve|relay", "irrigating"),
-]
-
-_BY_UNIT: dict[str, str] = {
-    "cel": "air_temperature", "°c": "air_temperature", "degc": "air_temperature", "k": "air_temperature",
-    "%": "relative_humidity", "%rh": "relative_humidity",
-    "hpa": "pressure", "kpa": "pressure", "pa": "pressure", "mbar": "pressure",
-    "mm": "rain_total", "mm/h": "rain_rate", "m/s": "wind_speed", "km/h": "wind_speed",
-    "deg": "wind_direction", "°": "wind_direction", "lx": "illuminance", "lux": "illuminance",
-    "w/m2": "solar_radiation", "w/m²": "solar_radiation", "ppm": "co2",
-    "kwh": "energy", "wh": "energy", "mwh": "energy", "w": "load_power", "kw": "load_power",
-    "v": "voltage", "a": "current", "hz": "frequency", "l/min": "water_flow", "m3/h": "water_flow",
-    "m3": "water_total", "m³": "water_total", "ph": "soil_ph",
-    "us/cm": "soil_ec", "ms/cm": "soil_ec", "ds/m": "soil_ec", "bar": "water_pressure", "count": "counter",
-}
-
-# (canonical unit, point unit) -> (factor, offset): point value = canonical * factor + offset
-_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
-    ("hpa", "kpa"): (0.1, 0.0), ("hpa", "pa"): (100.0, 0.0),
-    ("kwh", "wh"): (1000.0, 0.0), ("kwh", "mwh"): (0.001, 0.0),
-    ("w", "kw"): (0.001, 0.0), ("m/s", "km/h"): (3.6, 0.0),
-    ("us/cm", "ms/cm"): (0.001, 0.0), ("us/cm", "ds/m"): (0.001, 0.0),
-    ("l/min", "m3/h"): (0.06, 0.0), ("cel", "k"): (1.0, 273.15),
-    ("%", "%rh"): (1.0, 0.0), ("bar", "kpa"): (100.0, 0.0), ("bar", "mbar"): (1000.0, 0.0),
-    ("m", "cm"): (100.0, 0.0), ("s", "min"): (1 / 60.0, 0.0), ("s", "h"): (1 / 3600.0, 0.0),
-    ("mm", "count"): (1 / _RAIN_PER_TIP_MM, 0.0),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Binding:
-    """One spec point tied to a signal, in the point's unit."""
-
-    signal: Signal
-    factor: float = 1.0
-    offset: float = 0.0
-
-    def value(self, model: SignalModel, t: float, noise_key: int, span: tuple[float, float] | None,
-              origin: float) -> float:
-        """The value at ``t`` for a point whose valid range is ``span``, on a device running since ``origin``."""
-        s = self.signal
-        lo, hi = span if span else (0.0, 100.0)
-        if s.name == "generic":  # something we have no physics for: a slow wave inside its range
-            period = DAY * (0.5 + 3.0 * model._u(noise_key, 71))
-            return (lo + hi) / 2 + (hi - lo) / 4 * math.sin(2 * math.pi * t / period + 6.283 * model._u(noise_key, 72))
-        if s.name == "counter":  # pulses: fill the range in about 20 years, between one a minute and one a second
-            rate = min(1.0, max(1 / 60.0, (hi - lo) / (20 * 365 * DAY) * (0.5 + model._u(noise_key, 73))))
-            return max(lo, 0.0) + int(rate * max(0.0, t - EPOCH))
-        if s.name == "uptime":
-            return max(0.0, t - origin) * self.factor
-        if s.name == "irrigating":
-            return 1.0 if model.irrigating(t) else 0.0
-        if s.name == "frequency":
-            raw = 50.0
-        elif s.name.startswith("soil_") and s.name[5:] in ("nitrogen", "phosphorus", "potassium"):
-            raw = model.soil_nutrient(t, ("nitrogen", "phosphorus", "potassium").index(s.name[5:]))
-        else:
-            raw = getattr(model, s.name)(t)
-        if not s.counter:
-            raw += model.noise(noise_key, t, s.noise)
-        return raw * self.factor + self.offset
-
-
-def bind(point: Point, category: str) -> Binding:
-    """The signal a spec point measures: by metric name, else by unit (and the spec's category)."""
-    name = next((sig for pattern, sig in _BY_NAME if re.search(pattern, point.metric)), None)
-    unit = point.unit.strip().lower()
-    if name is None:
-        name = _BY_UNIT.get(unit, "generic")
-    if category == "soil" and name in ("air_temperature", "relative_humidity") and "air" not in point.metric:
-        name = "soil_temperature" if name == "air_temperature" else "soil_moisture"
-    signal = SIGNALS[name]
-    canonical = signal.unit.lower()
-    factor, offset = _CONVERSIONS.get((canonical, unit), (1.0, 0.0))
-    return Binding(signal, factor, offset)

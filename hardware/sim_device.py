@@ -17,7 +17,8 @@ from collections.abc import Callable
 from device_specs.codec import decode, encode
 from device_specs.schema import DataType, DeviceSpec, Point, Table
 from hardware.faults import FaultSet
-from hardware.signals import Binding, SignalModel, bind, stable_key
+from hardware.signal_binding import Binding, bind
+from hardware.signals import SignalModel, stable_key
 
 MAX_READ_BITS = 2000  # Modbus limit for functions 1/2
 MAX_READ_REGISTERS = 125  # Modbus limit for functions 3/4
@@ -102,13 +103,15 @@ class SimulatedDevice:
         return decode(p, self._registers(p, t))
 
     def _registers(self, p: Point, t: float) -> list[int]:
+        addresses = range(p.address or 0, (p.address or 0) + p.register_count)
         with self._lock:
             pinned = self._pins.get(p.metric)
-            written = [self._written.get((p.address or 0) + i) for i in range(p.register_count)] if p.writable else []
+            held = [self._written[a] for a in addresses] if p.writable and all(
+                a in self._written for a in addresses) else None
         if pinned is not None:
             return encode(p, pinned)
-        if written and None not in written:
-            return written  # type: ignore[return-value]
+        if held is not None:
+            return held
         return self._encode_in_range(p, self._physical(p, t))
 
     def _physical(self, p: Point, t: float) -> Value:
@@ -129,9 +132,11 @@ class SimulatedDevice:
             return regs
         decoded = decode(p, regs)
         if isinstance(decoded, float | int) and not p.in_range(decoded):
-            step = abs(p.scale) if p.type not in (DataType.FLOAT32, DataType.FLOAT64) else 0.0
-            inside = value - step if decoded > p.range[1] else value + step
-            regs = encode(p, inside)
+            if p.type in (DataType.FLOAT32, DataType.FLOAT64):  # two units in the last place of the raw value
+                step = abs(value - p.offset) * (2**-22 if p.type == DataType.FLOAT32 else 2**-51)
+            else:
+                step = abs(p.scale)
+            regs = encode(p, value - step if decoded > p.range[1] else value + step)
         return regs
 
     def _text(self, p: Point) -> str:

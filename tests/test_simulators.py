@@ -35,7 +35,8 @@ from fieldtrust.processes import spawn, stop
 from hardware.faults import FaultSet
 from hardware.modbus_pdu import crc16
 from hardware.rtu_bus import RtuBusSimulator, char_time, frame_gap
-from hardware.signals import DAY, EPOCH, SignalModel, bind
+from hardware.signal_binding import bind
+from hardware.signals import DAY, EPOCH, SignalModel
 from hardware.sim_device import IllegalAddress, IllegalValue, SimulatedDevice
 from hardware.tcp_server import TcpSimulator
 
@@ -88,11 +89,16 @@ def soil():
     return get_spec("jxct-soil-7in1")
 
 
+def frozen_clock() -> float:
+    """A fixed instant, so a value read over the wire and one asked of the device share their noise draw."""
+    return EPOCH + 500.25 * DAY
+
+
 @pytest.fixture
 def bus(all_types, soil) -> Iterator[RtuBusSimulator]:
-    """Unit 1: every type; unit 2: the JXCT soil probe; 9600 8E1."""
-    sim = RtuBusSimulator([SimulatedDevice(all_types, unit_id=1), SimulatedDevice(soil, unit_id=2, seed=7)],
-                          baud=9600, parity="E")
+    """Unit 1: every type; unit 2: the JXCT soil probe at a frozen instant; 9600 8E1."""
+    sim = RtuBusSimulator([SimulatedDevice(all_types, unit_id=1),
+                           SimulatedDevice(soil, unit_id=2, seed=7, clock=frozen_clock)], baud=9600, parity="E")
     with sim:
         yield sim
 
@@ -380,7 +386,8 @@ def test_fault_dice_are_seeded_and_cli_syntax_parses():
 # -- Modbus TCP --------------------------------------------------------------------------------------
 @pytest.fixture
 def tcp(all_types, soil) -> Iterator[TcpSimulator]:
-    with TcpSimulator([SimulatedDevice(all_types, unit_id=1), SimulatedDevice(soil, unit_id=2, seed=7)]) as sim:
+    devices = [SimulatedDevice(all_types, unit_id=1), SimulatedDevice(soil, unit_id=2, seed=7, clock=frozen_clock)]
+    with TcpSimulator(devices) as sim:
         yield sim
 
 
