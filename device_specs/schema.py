@@ -173,6 +173,8 @@ class Point(BaseModel):
     offset: Finite = 0.0
     range: tuple[Finite, Finite] | None = None  # valid physical range, inclusive
     poll_interval_s: float = Field(default=60.0, ge=0.1, le=86_400)
+    #: this many polls in a row with an identical value mean a frozen sensor: the value is flagged stale
+    stuck_after: int | None = Field(default=None, ge=2, le=100_000)
     writable: bool = False
     verified: bool = False  # checked against real hardware (not only the datasheet)
     note: str | None = None
@@ -183,6 +185,8 @@ class Point(BaseModel):
             raise FieldIssue(("range",), f"low {self.range[0]:g} is above high {self.range[1]:g}")
         if self.scale == 0:
             raise FieldIssue(("scale",), "must not be 0 (raw values would all read as the offset)")
+        if self.stuck_after is not None and self.type in (DataType.BITS, DataType.STRING):
+            raise FieldIssue(("stuck_after",), f"only for numbers, not {self.type.value} (a steady state is normal)")
         if self.type == DataType.STRING and self.length is None:
             raise FieldIssue(("length",), "required for type string (in registers, two characters each)")
         if self.type != DataType.STRING and self.length is not None:
@@ -229,12 +233,16 @@ class Point(BaseModel):
 
 
 class LineProtocol(BaseModel):
-    """A serial line protocol: optional request string, and a regex with named groups."""
+    """A serial line protocol: optional request string, and a regex with named groups (see device_specs.line_codec)."""
 
     model_config = ConfigDict(extra="forbid")
-    request: str | None = None  # sent before each read (escapes such as \r\n allowed)
-    pattern: str  # Python regex; each point's ``field`` names a group
-    terminator: str = "\n"
+    request: str | None = None  # sent before each read (escapes such as \r\n allowed); none: the device talks unasked
+    pattern: str  # Python regex, searched in each line; each point's ``field`` names a group
+    terminator: str = Field(default="\n", min_length=1)
+    #: the line as the device writes it, a Python format string over the pattern's groups (simulators use it)
+    format: str | None = None
+    #: xor8-hex: group ``checksum`` holds the XOR of the characters of group ``checked`` as two hex digits
+    checksum: Literal["xor8-hex"] | None = None
 
 
 def _addr(p: Point) -> str:
@@ -347,6 +355,37 @@ class DeviceSpec(BaseModel):
                     ("points", i, "field"),
                     f"{p.field!r} is not a named group of line.pattern (groups: {', '.join(sorted(groups)) or 'none'})",
                 )
+        self._check_line_text(groups)
+
+    def _check_line_text(self, groups: set[str]) -> None:
+        """Escapes that give bytes, checksum groups that exist, and a format whose lines the pattern reads back."""
+        from device_specs import line_codec  # it imports this module
+
+        assert self.line is not None
+        for key in ("request", "terminator", "format"):
+            text = getattr(self.line, key)
+            try:
+                if text is not None:
+                    line_codec.unescape(text)
+            except ValueError as exc:
+                raise FieldIssue(("line", key), f"not bytes: {exc}") from None
+        if self.line.checksum is not None and not {"checked", "checksum"} <= groups:
+            raise FieldIssue(("line", "pattern"), f"{self.line.checksum} needs the groups 'checked' and 'checksum'")
+        if self.line.format is None:
+            return
+        try:
+            unknown = set(line_codec.format_fields(self.line.format)) - groups
+        except ValueError as exc:
+            raise FieldIssue(("line", "format"), str(exc)) from None
+        if unknown:
+            raise FieldIssue(("line", "format"), f"{', '.join(sorted(unknown))}: not a named group of line.pattern")
+        codec = line_codec.LineCodec(self)
+        try:
+            line = codec.render(codec.sample_values())
+        except (ValueError, KeyError, IndexError) as exc:
+            raise FieldIssue(("line", "format"), f"cannot write a line with it: {exc}") from None
+        if codec.values(line.removesuffix(codec.terminator)) is None:
+            raise FieldIssue(("line", "format"), f"writes {line!r}, which line.pattern does not read back")
 
     @property
     def key(self) -> str:

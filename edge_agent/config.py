@@ -10,10 +10,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from device_specs.registry import SpecError, get_spec
-from device_specs.schema import DeviceSpec, Parity
+from device_specs.schema import DeviceSpec, Interface, Parity
 
 Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
@@ -38,13 +46,16 @@ class DeviceConfig(_Strict):
 
 
 class BusConfig(_Strict):
+    """A physical bus: ``rtu`` (Modbus RS485), ``tcp`` (Modbus TCP) or ``serial`` (one line-protocol sensor)."""
+
     id: Ident
-    kind: Literal["rtu", "tcp"]
-    # rtu
+    kind: Literal["rtu", "tcp", "serial"]
+    # rtu and serial
     port: str | None = None
     baud: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
     parity: Parity = Parity.NONE
     stop_bits: Literal[1, 2] = 1
+    data_bits: Literal[7, 8] = 8  # 7 only on a serial bus: Modbus RTU is 8 data bits
     # tcp
     host: str | None = None
     tcp_port: int | None = Field(default=None, ge=1, le=65535)
@@ -58,18 +69,23 @@ class BusConfig(_Strict):
 
     @model_validator(mode="after")
     def _endpoint(self) -> BusConfig:
-        if self.kind == "rtu" and not self.port:
-            raise ValueError("port: required for an rtu bus (e.g. /dev/ttyUSB0)")
+        if self.kind in ("rtu", "serial") and not self.port:
+            raise ValueError(f"port: required for an {self.kind} bus (e.g. /dev/ttyUSB0)")
         if self.kind == "tcp" and (not self.host or not self.tcp_port):
             raise ValueError("host and tcp_port: required for a tcp bus")
+        if self.data_bits != 8 and self.kind != "serial":
+            raise ValueError(f"data_bits: Modbus {self.kind} uses 8 data bits; 7 is only for a serial bus")
         units = [d.unit for d in self.devices]
         if self.kind == "rtu" and len(units) != len(set(units)):
             raise ValueError("devices: two devices share a unit id on one RS485 line")
+        if self.kind == "serial" and sum(d.enabled for d in self.devices) > 1:
+            raise ValueError("devices: a serial bus carries one sensor (line protocols here have no addresses); "
+                             "give each sensor its own port")
         return self
 
     @property
     def bits_per_char(self) -> int:
-        return 1 + 8 + (0 if self.parity == Parity.NONE else 1) + self.stop_bits
+        return 1 + self.data_bits + (0 if self.parity == Parity.NONE else 1) + self.stop_bits
 
 
 class TlsConfig(_Strict):
@@ -86,6 +102,14 @@ class BrokerConfig(_Strict):
     password: str | None = None
     tls: TlsConfig | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: the MQTT version: 5, or 3.1.1 for a broker that speaks nothing newer (the pure-Python amqtt)
+    protocol: Literal["5", "3.1.1"] = "5"
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: object) -> object:
+        """YAML reads ``protocol: 5`` as a number; it means the version "5"."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class GatewayIdentity(_Strict):
@@ -214,11 +238,12 @@ def parse_config(text: str, origin: str = "<config>") -> AgentConfig:
                 spec = dev.load_spec()
             except SpecError as exc:
                 raise ConfigError(f"{origin}: buses[{bi}].devices[{di}].spec: {exc}") from None
-            wanted = {"rtu": "modbus-rtu", "tcp": "modbus-tcp"}[bus.kind]
-            if spec.interface.is_modbus is False:
+            wanted = {"rtu": "modbus-rtu", "tcp": "modbus-tcp", "serial": "serial-line"}[bus.kind]
+            fits = spec.interface == Interface.SERIAL_LINE if bus.kind == "serial" else spec.interface.is_modbus
+            if not fits:
                 raise ConfigError(
                     f"{origin}: buses[{bi}].devices[{di}].spec: {spec.model} is a {spec.interface.value} "
-                    f"sensor and cannot sit on a {wanted} bus"
+                    f"sensor and cannot sit on a {wanted} bus ({bus.id}, kind {bus.kind})"
                 )
     cfg.gateway.key()  # fail now, not at the first signature
     return cfg

@@ -1,4 +1,4 @@
-"""One MQTT v5 connection and the one thread that drives it, shared by the intake and the uplink.
+"""One MQTT connection and the one thread that drives it, shared by the intake and the uplink.
 
 paho-mqtt does the protocol; this module adds what a gateway on a flaky rural link needs and
 paho's own ``loop_start`` does not: reconnect with exponential back-off *and jitter* (so a
@@ -6,6 +6,10 @@ village of gateways does not reconnect in lock-step after a broker restart), a p
 session (``clean_start=False`` and a session expiry, so subscriptions and queued QoS 1 messages
 survive reconnects and agent restarts), TLS and credentials from the configuration, and a loop
 that never dies on an exception.
+
+MQTT 5 is the protocol; MQTT 3.1.1 (``BrokerConfig.protocol``) serves brokers that speak nothing
+newer, such as the pure-Python amqtt the demo falls back on.  What differs between the two is
+kept in :class:`Mqtt5Session` and :class:`Mqtt311Session`.
 
 Every callback (messages, connect, the owner's periodic ``on_tick``) runs on the link's thread,
 so the owner's state needs no lock against its own callbacks.
@@ -44,9 +48,49 @@ def backoff_delay(attempt: int, min_s: float, max_s: float, rng: random.Random) 
     return step / 2 + rng.uniform(0, step / 2)
 
 
+class Mqtt5Session:
+    """MQTT 5: ``clean_start=False`` with a session expiry; a clean stop asks the broker for the will."""
+
+    paho_protocol = paho.MQTTv5
+    clean_session: bool | None = None  # paho refuses the 3.1.1 flag on an MQTT 5 client
+
+    def connect(self, client: paho.Client, broker: BrokerConfig, session_expiry_s: int) -> None:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry_s
+        # clean_start=False on every connect, the first included: the session (subscriptions and
+        # QoS 1 messages queued for us, such as receipts sent while the agent restarted) is kept.
+        client.connect(broker.host, broker.port, broker.keepalive_s, clean_start=False, properties=props)
+
+    def goodbye(self, client: paho.Client, will: tuple[str, bytes] | None) -> None:
+        reason = ReasonCode(PacketTypes.DISCONNECT, identifier=DISCONNECT_WITH_WILL if will else 0)
+        client.disconnect(reasoncode=reason)
+
+
+class Mqtt311Session:
+    """MQTT 3.1.1: ``clean_session=False`` (the broker decides how long it keeps the session); no
+    properties, so no Maximum Packet Size from the CONNACK and no reason codes.  A clean
+    DISCONNECT discards the will, so a clean stop publishes the will's message itself."""
+
+    paho_protocol = paho.MQTTv311
+    clean_session: bool | None = False
+
+    def connect(self, client: paho.Client, broker: BrokerConfig, session_expiry_s: int) -> None:
+        client.connect(broker.host, broker.port, broker.keepalive_s)
+
+    def goodbye(self, client: paho.Client, will: tuple[str, bytes] | None) -> None:
+        if will is not None:
+            client.publish(will[0], will[1], qos=1, retain=True)
+        client.disconnect()
+
+
+SESSIONS: dict[str, Mqtt5Session | Mqtt311Session] = {"5": Mqtt5Session(), "3.1.1": Mqtt311Session()}
+
+
 def make_client(broker: BrokerConfig, client_id: str) -> paho.Client:
-    """A paho client for MQTT v5 with the broker's credentials and TLS settings applied."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    """A paho client for the broker's MQTT version with its credentials and TLS settings applied."""
+    session = SESSIONS[broker.protocol]
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=session.paho_protocol,
+                         clean_session=session.clean_session)
     if broker.username is not None:
         client.username_pw_set(broker.username, broker.password)
     if broker.tls is not None:
@@ -105,6 +149,8 @@ class MqttLink:
         self._refused = False
         self._fault = False
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0, "callback_errors": 0}
+        self._session = SESSIONS[broker.protocol]
+        self._last_will: tuple[str, bytes] | None = None
         self._client = make_client(broker, client_id)
         self._client.max_inflight_messages_set(max_inflight)
         self._client.on_connect = self._handle_connect
@@ -127,9 +173,8 @@ class MqttLink:
         if self._thread is not None:
             self._thread.join(timeout)
         if self._connected:
-            reason = ReasonCode(PacketTypes.DISCONNECT, identifier=DISCONNECT_WITH_WILL if self._will else 0)
             try:
-                self._client.disconnect(reasoncode=reason)
+                self._session.goodbye(self._client, self._last_will)
             except (OSError, ValueError) as exc:
                 log.debug("%s: disconnect failed: %s", self.client_id, exc)
         self._connected = False
@@ -181,15 +226,9 @@ class MqttLink:
 
     def _connect(self) -> None:
         if self._will is not None:
-            topic, payload = self._will()
-            self._client.will_set(topic, payload, qos=1, retain=True)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self._session_expiry_s
-        # clean_start=False on every connect, the first included: the session (subscriptions and
-        # QoS 1 messages queued for us, such as receipts sent while the agent restarted) is kept.
-        self._client.connect(
-            self.broker.host, self.broker.port, self.broker.keepalive_s, clean_start=False, properties=props
-        )
+            self._last_will = self._will()
+            self._client.will_set(*self._last_will, qos=1, retain=True)
+        self._session.connect(self._client, self.broker, self._session_expiry_s)
 
     def _connect_failed(self, attempt: int, exc: BaseException) -> None:
         self.counters["connect_failures"] += 1

@@ -5,6 +5,8 @@ What runs (all on loopback, all ended when the demo ends):
 * a Modbus RTU bus on a virtual serial port with a 7-in-1 soil probe, a weather station and a
   rain gauge (9600 baud, paced like a real line), and a Modbus TCP pump-house with an energy
   meter and a water-level transmitter (``hardware`` simulators, driven by the device specs);
+* a broker: the local Mosquitto when one listens on 127.0.0.1:1883, else a private one
+  (``fieldtrust.services.broker``: Mosquitto when installed, else the pure-Python amqtt);
 * sensor nodes that sign each message with their own key (``contract.telemetry``, the module
   the MicroPython firmware runs) and publish it to the gateway's broker;
 * the gateway agent (``edge_agent``) with its outbox, uplink and health;
@@ -23,6 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as paho
 import yaml
@@ -36,7 +39,7 @@ from contract.telemetry import encode_body, record, sign, telemetry
 from device_specs.registry import get_spec
 from edge_agent.agent import Agent
 from edge_agent.config import parse_config
-from fieldtrust.services.mosquitto import PrivateMosquitto
+from fieldtrust.services.broker import LocalBroker, start_local_broker
 from hardware.cloud_peer import CloudPeer
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.signals import SignalModel
@@ -47,6 +50,10 @@ RTU_DEVICES = [("soil-north", "jxct-soil-7in1", 1), ("weather-mast", "renke-weat
                ("rain-gauge", "dfrobot-sen0575-rain", 3)]
 TCP_DEVICES = [("pump-meter", "eastron-sdm120-modbus", 1), ("well-level", "keller-series30-level", 2)]
 NODES = ["node-field-1", "node-field-2", "node-field-3"]
+LOCAL_BROKER = ("127.0.0.1", 1883)
+#: auto: the local broker when one listens, else a private one; local: only the local one;
+#: mosquitto, amqtt: a private broker of that kind, whether or not a local one listens
+DemoBroker = Literal["auto", "local", "mosquitto", "amqtt"]
 
 
 def _listening(host: str, port: int) -> bool:
@@ -100,7 +107,21 @@ class DemoResult:
         return self.produced_gateway == self.stored_gateway and self.produced_nodes == self.stored_nodes
 
 
-def _gateway_config(workdir: Path, host: str, port: int, rtu_port: str, tcp_port: int, key_hex: str,
+def _open_broker(choice: DemoBroker, workdir: Path, console: Console) -> tuple[str, int, str, LocalBroker | None]:
+    """(host, port, MQTT version, the private broker we started or None) for the ``choice``."""
+    host, port = LOCAL_BROKER
+    if choice in ("auto", "local") and _listening(host, port):
+        console.print(f"broker: the local Mosquitto at {host}:{port}")
+        return host, port, "5", None
+    if choice == "local":
+        raise RuntimeError(f"no broker listens on {host}:{port} (--broker local)")
+    broker = start_local_broker(workdir, "auto" if choice == "auto" else choice)
+    name = "amqtt (MQTT 3.1.1)" if broker.protocol == "3.1.1" else "Mosquitto"
+    console.print(f"broker: a private {name} at {broker.host}:{broker.port}")
+    return broker.host, broker.port, broker.protocol, broker
+
+
+def _gateway_config(workdir: Path, broker: dict, rtu_port: str, tcp_port: int, key_hex: str,
                     tenant: str, gw: str, poll_s: float) -> dict:
     return {
         "gateway": {"id": gw, "tenant": tenant, "key_hex": key_hex, "data_dir": str(workdir)},
@@ -110,8 +131,8 @@ def _gateway_config(workdir: Path, host: str, port: int, rtu_port: str, tcp_port
             {"id": "pump-house", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp_port,
              "devices": [{"id": d, "spec": s, "unit": u, "poll_interval_s": poll_s} for d, s, u in TCP_DEVICES]},
         ],
-        "intake": {"broker": {"host": host, "port": port}, "session_expiry_s": 60},
-        "uplink": {"broker": {"host": host, "port": port}, "batch_max_wait_s": 0.5, "receipt_timeout_s": 10,
+        "intake": {"broker": broker, "session_expiry_s": 60},
+        "uplink": {"broker": broker, "batch_max_wait_s": 0.5, "receipt_timeout_s": 10,
                    "session_expiry_s": 60},
         "health": {"interval_s": 2},
         "logging": {"file": str(workdir / "agent.log")},
@@ -148,22 +169,17 @@ def _table(peer: CloudPeer, agent: Agent) -> Group:
     return Group(t, foot)
 
 
-def run_demo(seconds: float = 20.0, console: Console | None = None) -> DemoResult:
-    """Run the edge path for ``seconds`` and account for every reading.  Raises on set-up errors."""
+def run_demo(seconds: float = 20.0, console: Console | None = None, broker: DemoBroker = "auto") -> DemoResult:
+    """Run the edge path for ``seconds`` and account for every reading.  Raises on set-up errors.
+
+    ``broker`` says which broker carries it (see :data:`DemoBroker`).
+    """
     console = console or Console()
     tenant, gw = "demo-coop", f"gw-demo-{uuid.uuid4().hex[:6]}"
     gw_key = secrets.token_bytes(32)
     node_keys = {n: secrets.token_bytes(32) for n in NODES}
     with tempfile.TemporaryDirectory(prefix="fieldtrust-demo-") as tmp:
         workdir = Path(tmp)
-        broker: PrivateMosquitto | None = None
-        host, port = "127.0.0.1", 1883
-        if _listening(host, port):
-            console.print(f"broker: the local Mosquitto at {host}:{port}")
-        else:
-            broker = PrivateMosquitto(workdir / "broker").start()
-            host, port = broker.host, broker.port
-            console.print(f"broker: a private Mosquitto at {host}:{port}")
         signals = SignalModel(seed=7)
         rtu = RtuBusSimulator([SimulatedDevice(get_spec(s), u, seed=7, signals=signals) for _, s, u in RTU_DEVICES],
                               baud=9600, parity="N", stop_bits=1)
@@ -171,13 +187,15 @@ def run_demo(seconds: float = 20.0, console: Console | None = None) -> DemoResul
                            host="127.0.0.1", port=0)
         nodes: list[VirtualNode] = []
         agent: Agent | None = None
+        host, port, protocol, private = _open_broker(broker, workdir / "broker", console)
         try:
             rtu.start()
             tcp.start()
             console.print(f"field: RS485 bus on {rtu.port} (9600 8N1, units 1-3); Modbus TCP on 127.0.0.1:{tcp.port}")
+            broker_cfg = {"host": host, "port": port, "protocol": protocol}
             cfg = parse_config(yaml.safe_dump(_gateway_config(
-                workdir, host, port, rtu.port, tcp.port, gw_key.hex(), tenant, gw, poll_s=2.0)), "demo gateway.yaml")
-            with CloudPeer(host, port, tenant, gw, gw_key, node_keys) as peer:
+                workdir, broker_cfg, rtu.port, tcp.port, gw_key.hex(), tenant, gw, poll_s=2.0)), "demo gateway.yaml")
+            with CloudPeer(host, port, tenant, gw, gw_key, node_keys, protocol=protocol) as peer:
                 agent = Agent(cfg, clock_synced=lambda: True)
                 agent.start()
                 nodes = [VirtualNode(n, node_keys[n], host, port, signals) for n in NODES]
@@ -218,8 +236,8 @@ def run_demo(seconds: float = 20.0, console: Console | None = None) -> DemoResul
                 agent.stop()
             tcp.stop()
             rtu.stop()
-            if broker is not None:
-                broker.stop()
+            if private is not None:
+                private.stop()
     summary = Table(title="Account of every reading")
     for col in ("source", "produced", "stored once in the cloud"):
         summary.add_column(col)

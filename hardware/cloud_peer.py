@@ -7,7 +7,8 @@ signature, each node frame's own signature (with node keys it is given, as the c
 them), applies the duplicate rule (``contract.telemetry.classify``) per (dev, ep, seq), keeps
 what it stored in memory, and publishes a signed commit receipt per batch.  ``withhold = True``
 makes it store without receipting (a cloud that crashed before its commit), so the gateway must
-re-send.  It also records heartbeats and birth/will messages.
+re-send.  It also records heartbeats and birth/will messages.  ``protocol`` is the MQTT version
+its broker speaks ("5", or "3.1.1" for amqtt).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -60,6 +62,7 @@ class CloudPeer:
         node_keys: dict[str, bytes] | None = None,
         *,
         withhold: bool = False,
+        protocol: Literal["5", "3.1.1"] = "5",
     ) -> None:
         self.host, self.port = host, port
         self.tenant, self.gw = tenant, gw
@@ -73,7 +76,9 @@ class CloudPeer:
         self.receipted: list[str] = []
         self._cond = threading.Condition()
         self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"cloud-peer-{uuid.uuid4().hex[:12]}", protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=f"cloud-peer-{uuid.uuid4().hex[:12]}",
+            protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311,
         )
         self._client.reconnect_delay_set(min_delay=0.1, max_delay=1)
         self._client.on_connect = self._on_connect

@@ -189,7 +189,9 @@ def test_a_full_outbox_drops_the_oldest_and_says_so_in_health(shared_broker, loc
             assert wait_until(lambda: agent.intake.link.connected)
             time.sleep(0.2)
             node.send(range(400))  # ~250 bytes each: half as much again as the outbox may hold
-            assert peer.wait_for(lambda p: bool(p.health) and p.health[-1].outbox.dropped > 0)
+            # every frame captured (kept or dropped) before the agent stops, however loaded the machine
+            assert wait_until(lambda: agent.outbox.stats().captured == 400, timeout=30)
+            assert peer.wait_for(lambda p: bool(p.health) and p.health[-1].outbox.dropped > 0, timeout=15)
         finally:
             node.close()
             agent.stop()

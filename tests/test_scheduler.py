@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import pytest
 
 from contract.models import Telemetry
-from contract.telemetry import Q_CLOCK_UNSYNCED, Q_COMM_ERROR, Q_OUT_OF_RANGE, telemetry
-from device_specs.registry import get_spec, parse_spec
+from contract.telemetry import Q_CLOCK_UNSYNCED, Q_COMM_ERROR, Q_OUT_OF_RANGE, Q_STALE, telemetry
+from device_specs.registry import MODELS_DIR, get_spec, parse_spec
 from edge_agent import clock
 from edge_agent.bus.breaker import Breaker
 from edge_agent.bus.scheduler import BusScheduler
@@ -322,3 +322,39 @@ def test_a_refused_merged_read_is_split_and_an_exception_is_no_outage(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "one by one" in warnings[0]
     assert stats["exceptions"] == 1 + len(got.samples["ctl"])  # the merged read once, then dew_point per cycle
+
+
+def test_a_stuck_modbus_sensor_is_flagged_stale_until_it_moves(tmp_path) -> None:  # noqa: ANN001
+    text = (MODELS_DIR / "keller-series30-level.yaml").read_text().replace("stuck_after: 12", "stuck_after: 3")
+    text = text.replace("model: keller-series30-level", "model: test-keller-stuck")
+    spec_file = tmp_path / "test-keller-stuck.yaml"
+    spec_file.write_text(text)
+    t0, m0 = time.time(), time.monotonic()
+
+    def fast_clock() -> float:  # a minute of weather per second: every poll sees a new noise draw
+        return t0 + (time.monotonic() - m0) * 60
+
+    dev = SimulatedDevice(parse_spec(text), unit_id=1, seed=9, clock=fast_clock)
+    got = Collector()
+    with RtuBusSimulator([dev], baud=19200, parity="E") as sim:
+        bus = rtu_bus(sim.port, [{"id": "well", "spec": str(spec_file), "unit": 1, "poll_interval_s": 0.1}],
+                      baud=19200)
+        with running(bus, got) as sched:
+            got.wait_for(lambda: len(got.samples["well"]) >= 5)
+            moving = len(got.samples["well"])
+            dev.faults.stuck = True
+            got.wait_for(lambda: len(got.samples["well"]) >= moving + 6)
+            stuck = len(got.samples["well"])
+            dev.faults.stuck = False
+            got.wait_for(lambda: len(got.samples["well"]) >= stuck + 2)
+            stats = sched.stats()
+    samples = got.samples["well"]
+    flags = [{r["n"]: r["q"] for r in s.records} for s in samples]
+    assert not any(q & Q_STALE for f in flags[:moving] for q in f.values())
+    frozen = samples[moving + 1 : stuck]  # the first poll after the fault may have read before it
+    assert len({values(s)["water_level"] for s in frozen}) == 1 and len(frozen) >= 5
+    for f in flags[moving + 3 : stuck]:  # from the third identical poll on, every point with stuck_after
+        assert {n for n, q in f.items() if q & Q_STALE} == {"water_pressure", "water_temperature", "water_level"}
+    assert all("v" in r for s in frozen for r in s.records)  # flagged, not dropped
+    assert all(not q & Q_STALE for q in flags[-1].values())  # moving again: the flag clears
+    assert stats["stale"] >= 3 * (len(frozen) - 2)

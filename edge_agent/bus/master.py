@@ -20,31 +20,13 @@ from pymodbus.pdu.register_message import (
 )
 
 from device_specs.schema import Table
-from edge_agent.bus.transport import (
-    BusError,
-    Cancelled,
-    CrcError,
-    ExceptionResponse,
-    FrameError,
-    LinkError,
-    Reply,
-    Timeout,
-    Transport,
-)
+from edge_agent.bus.transport import ExceptionResponse, FrameError, Reply, Transport, with_retries
 
 _READS: dict[Table, type[ModbusPDU]] = {
     Table.COIL: ReadCoilsRequest,
     Table.DISCRETE: ReadDiscreteInputsRequest,
     Table.HOLDING: ReadHoldingRegistersRequest,
     Table.INPUT: ReadInputRegistersRequest,
-}
-_COUNTER_OF: dict[type[BusError], str] = {
-    Timeout: "timeouts",
-    CrcError: "crc_errors",
-    FrameError: "frame_errors",
-    LinkError: "link_errors",
-    ExceptionResponse: "exceptions",
-    Cancelled: "cancelled",
 }
 _RESPONSES = DecodePDU(is_server=False)
 
@@ -79,20 +61,13 @@ class Master:
 
     def request(self, unit: int, pdu: bytes, reply_len: int | None, retries: int | None = None) -> Reply:
         """One request with retries on line errors (an exception response is an answer: no retry)."""
-        attempts = 1 + (self.retries if retries is None else retries)
-        for attempt in range(attempts):
-            self.counters["transactions"] += 1
-            try:
-                reply = self.transport.transact(unit, pdu, reply_len, self.timeout_s)
-                if reply.pdu[0] == pdu[0] | 0x80:
-                    raise ExceptionResponse(pdu[0], reply.pdu[1] if len(reply.pdu) > 1 else 0)
-                return reply
-            except BusError as exc:
-                self.counters[_COUNTER_OF.get(type(exc), "errors")] += 1
-                if isinstance(exc, ExceptionResponse | Cancelled) or attempt + 1 == attempts:
-                    raise
-                self.counters["retries"] += 1
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        def attempt() -> Reply:
+            reply = self.transport.transact(unit, pdu, reply_len, self.timeout_s)
+            if reply.pdu[0] == pdu[0] | 0x80:
+                raise ExceptionResponse(pdu[0], reply.pdu[1] if len(reply.pdu) > 1 else 0)
+            return reply
+
+        return with_retries(self.counters, 1 + (self.retries if retries is None else retries), attempt)
 
     def read(self, unit: int, table: Table, address: int, count: int, retries: int | None = None) -> ReadResult:
         """Read ``count`` registers (or bits) of ``table`` from ``address``."""

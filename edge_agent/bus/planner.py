@@ -50,6 +50,14 @@ class PollGroup:
     points: tuple[Point, ...]
 
 
+def poll_groups(points: Iterable[Point], poll_interval_s: float | None = None) -> tuple[PollGroup, ...]:
+    """Points grouped by poll interval, shortest first; a device's configured interval overrides every point's."""
+    groups: dict[float, list[Point]] = defaultdict(list)
+    for p in points:
+        groups[poll_interval_s or p.poll_interval_s].append(p)
+    return tuple(PollGroup(interval, tuple(pts)) for interval, pts in sorted(groups.items()))
+
+
 def _width(p: Point) -> int:
     return max(p.register_count, 1)
 
@@ -87,13 +95,8 @@ class ReadPlan:
 
     def __init__(self, spec: DeviceSpec, poll_interval_s: float | None = None) -> None:
         self.spec = spec
-        groups: dict[float, list[Point]] = defaultdict(list)
-        for p in spec.points:
-            if p.table is not None and p.address is not None:
-                groups[poll_interval_s or p.poll_interval_s].append(p)
-        self.groups: tuple[PollGroup, ...] = tuple(
-            PollGroup(interval, tuple(pts)) for interval, pts in sorted(groups.items())
-        )
+        self.groups = poll_groups((p for p in spec.points if p.table is not None and p.address is not None),
+                                  poll_interval_s)
         self.reads = cache(self._reads)
 
     @property

@@ -1,10 +1,15 @@
 """One thread per physical bus: it owns the port, and nothing else touches it.
 
 The thread polls the bus's devices by deadline from a heap (sleeping until the next due read or
-until woken by stop or a write; never a busy-wait), merges each device's due points into as few
-reads as the planner allows, paces frames through the transport, and hands every cycle's values
-on as one :class:`~edge_agent.sample.Sample`, stamped when read.  Writes queued from other
-threads go out between polls, on the same line discipline.
+until woken by stop or a write; never a busy-wait), has each device's due points read in as few
+steps as its protocol allows (merged Modbus reads, or one line of a serial line sensor: see
+:mod:`edge_agent.bus.link`), and hands every cycle's values on as one
+:class:`~edge_agent.sample.Sample`, stamped when read.  Writes queued from other threads go out
+between polls, on the same line discipline.
+
+A point whose spec gives ``stuck_after: N`` and whose value has been identical for N polls in a
+row is flagged ``Q_STALE`` (the value is kept): a frozen sensor still answers, so neither the
+breaker nor a range check would notice it.  A missed poll does not break the run.
 
 A device that stops answering trips its circuit breaker and is then only probed, with growing
 back-off, so it costs the others almost no line time.  Nothing raised while polling ends the
@@ -25,15 +30,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from contract.models import DeviceHealth
-from contract.telemetry import Q_CLOCK_UNSYNCED, Q_OUT_OF_RANGE, record
-from device_specs.codec import encode
-from device_specs.schema import DeviceSpec, Point, Table
+from contract.telemetry import Q_CLOCK_UNSYNCED, Q_OUT_OF_RANGE, Q_STALE, record
+from device_specs.schema import DeviceSpec, Point
 from edge_agent.bus.breaker import Breaker
-from edge_agent.bus.master import Master
-from edge_agent.bus.planner import Read, ReadPlan, decode_read, split
-from edge_agent.bus.rtu import RtuTransport
-from edge_agent.bus.tcp import TcpTransport
-from edge_agent.bus.transport import BusError, Cancelled, ExceptionResponse, LinkError, Timeout, Transport
+from edge_agent.bus.link import DeviceReader, open_link
+from edge_agent.bus.planner import Decoded
+from edge_agent.bus.transport import BusError, Cancelled, ExceptionResponse, LinkError, Timeout
 from edge_agent.config import BusConfig, DeviceConfig
 from edge_agent.sample import Sample
 
@@ -42,20 +44,12 @@ log = logging.getLogger(__name__)
 #: groups falling due within this share of a device's shortest interval are read in the same cycle
 COALESCE_SHARE = 0.05
 COALESCE_MAX_S = 1.0
-#: every counter stats() reports, present from the start (transport counters come from the Master)
+#: every counter stats() reports, present from the start (a link adds its own, e.g. garbage_lines)
 COUNTERS = (
     "transactions", "timeouts", "crc_errors", "frame_errors", "link_errors", "exceptions", "retries", "cancelled",
     "cycles", "samples", "skipped", "overruns", "writes", "write_errors", "callback_errors", "internal_errors",
+    "stale",
 )
-
-
-def open_transport(bus: BusConfig) -> Transport:
-    """The transport a bus config describes (opened lazily, on its first transaction)."""
-    if bus.kind == "rtu":
-        assert bus.port is not None
-        return RtuTransport(bus.port, bus.baud, bus.parity.value, bus.stop_bits)
-    assert bus.host is not None and bus.tcp_port is not None
-    return TcpTransport(bus.host, bus.tcp_port)
 
 
 def _out_of_range(point: Point, value: float | str | bool) -> bool:
@@ -66,10 +60,10 @@ def _out_of_range(point: Point, value: float | str | bool) -> bool:
 class _Device:
     cfg: DeviceConfig
     spec: DeviceSpec
-    plan: ReadPlan
+    reader: DeviceReader
     breaker: Breaker
     due: dict[float, float] = field(default_factory=dict)  # poll interval -> next due (monotonic)
-    split: set[tuple[Table, int, int]] = field(default_factory=set)  # merged reads the device refused
+    repeats: dict[str, tuple[float | str | bool, int]] = field(default_factory=dict)  # metric -> value, polls
     last_good_ms: int | None = None
     errors: int = 0
     state: str = "unknown"
@@ -85,14 +79,12 @@ class _Device:
 
 @dataclass(eq=False)
 class _Write:
-    device: _Device
-    address: int
-    registers: list[int]
+    send: Callable[[], None]
     future: Future[None]
 
 
 class BusScheduler:
-    """Owns one physical bus (an RS485 line or a Modbus TCP endpoint) and polls its devices."""
+    """Owns one physical bus (an RS485 line, a Modbus TCP endpoint or a line sensor's port) and polls its devices."""
 
     def __init__(
         self,
@@ -108,20 +100,20 @@ class BusScheduler:
         self._clock_synced = clock_synced
         self._time = time_fn
         self._mono = monotonic
-        self._master = Master(open_transport(bus), bus.timeout_ms / 1000, bus.retries)
-        self._counters: Counter[str] = self._master.counters
+        self._link = open_link(bus)
+        self._counters: Counter[str] = self._link.counters
         self._counters.update(dict.fromkeys(COUNTERS, 0))
         self._devices: dict[str, _Device] = {}
         for d in bus.devices:
             if not d.enabled:
                 continue
             spec = d.load_spec()
-            plan = ReadPlan(spec, d.poll_interval_s)
-            if not plan.groups:
+            reader = self._link.reader(d, spec)
+            if not reader.intervals:
                 continue
-            base = max(1.0, plan.intervals[0])
+            base = max(1.0, reader.intervals[0])
             breaker = Breaker(bus.breaker_failures, min(base, bus.breaker_max_backoff_s), bus.breaker_max_backoff_s)
-            self._devices[d.id] = _Device(d, spec, plan, breaker)
+            self._devices[d.id] = _Device(d, spec, reader, breaker)
         self._writes: deque[_Write] = deque()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -140,7 +132,7 @@ class BusScheduler:
         """Stop polling (a transaction waiting for its answer is cut short) and release the port."""
         self._stop.set()
         self._wake.set()
-        self._master.abort()
+        self._link.abort()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -164,10 +156,7 @@ class BusScheduler:
         if self._stop.is_set():
             raise RuntimeError(f"bus {self.bus.id}: stopped")
         dev = self._devices[device_id]
-        point = dev.spec.point(metric)
-        if not point.writable or point.table != Table.HOLDING or point.address is None:
-            raise ValueError(f"{dev.spec.model}.{metric}: not a writable holding register")
-        job = _Write(dev, point.address, encode(point, value), Future())
+        job = _Write(dev.reader.writer(dev.spec.point(metric), value), Future())
         self._writes.append(job)
         self._wake.set()
         return job.future
@@ -177,7 +166,7 @@ class BusScheduler:
         try:
             self._loop()
         finally:
-            self._master.close()
+            self._link.close()
             while self._writes:
                 self._writes.popleft().future.set_exception(LinkError(f"bus {self.bus.id} stopped"))
 
@@ -202,8 +191,8 @@ class BusScheduler:
         devices = list(self._devices.values())
         heap = []
         for i, dev in enumerate(devices):
-            phase = now + dev.plan.intervals[0] * i / len(devices)
-            dev.due = dict.fromkeys(dev.plan.intervals, phase)
+            phase = now + dev.reader.intervals[0] * i / len(devices)
+            dev.due = dict.fromkeys(dev.reader.intervals, phase)
             heap.append((phase, i, dev))
         heapq.heapify(heap)
         return heap
@@ -246,21 +235,22 @@ class BusScheduler:
         t0 = 0.0
         abandoned = False  # after a silent device (or a failed probe) the rest of the cycle is not tried
         all_ok = True
-        work = deque(self._reads_for(dev, due))
+        work = deque(dev.reader.reads(due))
         while work and not self._stop.is_set():
             read = work.popleft()
-            values: list[int] | None = None
+            decoded: list[Decoded] | None = None
             error: BusError | None = None
             if not abandoned:
                 # a device that failed its last read gets no retries: it costs the others less line time
                 retries = 0 if dev.breaker.consecutive else None
                 try:
-                    values = self._master.read(dev.cfg.unit, read.table, read.address, read.count, retries).values
+                    decoded = dev.reader.read(read, retries)
                 except Cancelled:  # shutting down: keep what was read, blame nobody
                     break
                 except ExceptionResponse as exc:
-                    if self._refuses_merging(dev, read, exc):
-                        work.extendleft(reversed(split(read)))
+                    smaller = dev.reader.refused(read, exc)
+                    if smaller:
+                        work.extendleft(reversed(smaller))
                         continue
                     error = exc
                 except BusError as exc:
@@ -270,12 +260,12 @@ class BusScheduler:
             if bt_ms is None:
                 bt_ms, t0 = int(self._time() * 1000), mono
             t_ms = round((mono - t0) * 1000)
-            if values is not None:
+            if decoded is not None:
                 self._answered(dev)
                 dev.last_good_ms = bt_ms + t_ms
-                for d in decode_read(read, values):
+                for d in decoded:
                     q = Q_OUT_OF_RANGE if d.value is None or _out_of_range(d.point, d.value) else 0
-                    records.append(record(d.point.metric, d.point.unit, d.value, t_ms, q))
+                    records.append(record(d.point.metric, d.point.unit, d.value, t_ms, q | self._stale(dev, d)))
                 continue
             all_ok = False
             if error is not None:
@@ -286,29 +276,29 @@ class BusScheduler:
             quality = 0 if self._clock_synced() else Q_CLOCK_UNSYNCED
             self._deliver(Sample(dev.cfg.id, bt_ms, records, quality))
 
-    @staticmethod
-    def _reads_for(dev: _Device, due: frozenset[float]) -> list[Read]:
-        """The planned reads, with those the device refused as merged reads split into one per point."""
-        out: list[Read] = []
-        for r in dev.plan.reads(due):
-            out.extend(split(r) if (r.table, r.address, r.count) in dev.split else (r,))
-        return out
-
-    def _refuses_merging(self, dev: _Device, read: Read, exc: ExceptionResponse) -> bool:
-        """A merged read refused as an illegal address/value: the spec's gap or size limit is wrong for this
-        device.  Remember to read those points one by one from now on (and say so once)."""
-        if exc.code not in (2, 3) or len(read.points) < 2:
-            return False
-        dev.split.add((read.table, read.address, read.count))
-        log.warning("bus %s: device %s refuses the merged read %s %d+%d (%s); reading its %d points one by one "
-                    "(check the spec's timing.max_gap and max_registers_per_read)", self.bus.id, dev.cfg.id,
-                    read.table.value, read.address, read.count, exc, len(read.points))
-        return True
+    def _stale(self, dev: _Device, d: Decoded) -> int:
+        """Q_STALE once a point with ``stuck_after`` has read the same value that many polls in a row."""
+        limit = d.point.stuck_after
+        if limit is None or d.value is None:
+            return 0
+        metric = d.point.metric
+        last = dev.repeats.get(metric)
+        polls = last[1] + 1 if last is not None and last[0] == d.value else 1
+        dev.repeats[metric] = (d.value, polls)
+        if polls == limit:
+            log.warning("bus %s: device %s: %s has read %r for %d polls in a row; flagged stale until it moves",
+                        self.bus.id, dev.cfg.id, metric, d.value, polls)
+        elif polls == 1 and last is not None and last[1] >= limit:
+            log.info("bus %s: device %s: %s moves again", self.bus.id, dev.cfg.id, metric)
+        if polls < limit:
+            return 0
+        self._counters["stale"] += 1
+        return Q_STALE
 
     def _answered(self, dev: _Device) -> None:
         """The device answered (with values or an exception): it is reachable."""
         if dev.breaker.success():
-            log.info("bus %s: device %s (unit %d) answers again", self.bus.id, dev.cfg.id, dev.cfg.unit)
+            log.info("bus %s: device %s (%s) answers again", self.bus.id, dev.cfg.id, dev.reader.where)
 
     def _read_failed(self, dev: _Device, now: float, error: BusError) -> None:
         dev.errors += 1
@@ -316,8 +306,8 @@ class BusScheduler:
             self._answered(dev)
             log.debug("bus %s: device %s: %s", self.bus.id, dev.cfg.id, error)
         elif dev.breaker.failure(now):
-            log.error("bus %s: device %s (unit %d) is down after %d failed reads (%s); probing it every %.0f s "
-                      "or less often until it answers", self.bus.id, dev.cfg.id, dev.cfg.unit,
+            log.error("bus %s: device %s (%s) is down after %d failed reads (%s); probing it every %.0f s "
+                      "or less often until it answers", self.bus.id, dev.cfg.id, dev.reader.where,
                       dev.breaker.consecutive, error, dev.breaker.backoff_s())
         else:
             log.debug("bus %s: device %s: %s", self.bus.id, dev.cfg.id, error)
@@ -340,10 +330,7 @@ class BusScheduler:
                 continue
             self._counters["writes"] += 1
             try:
-                if len(job.registers) == 1:
-                    self._master.write_register(job.device.cfg.unit, job.address, job.registers[0])
-                else:
-                    self._master.write_registers(job.device.cfg.unit, job.address, job.registers)
+                job.send()
             except Exception as exc:  # a bus error or a bug: the caller's future carries it, the loop goes on
                 self._counters["write_errors"] += 1
                 job.future.set_exception(exc)

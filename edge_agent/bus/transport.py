@@ -7,8 +7,12 @@ of the :class:`BusError` subclasses below, so the bus loop can count it and carr
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class BusError(Exception):
@@ -76,6 +80,34 @@ class Reply:
     @property
     def device_s(self) -> float:
         return max(0.0, self.elapsed_s - self.line_s)
+
+
+#: the counter each kind of failure is counted under
+COUNTER_OF: dict[type[BusError], str] = {
+    Timeout: "timeouts",
+    CrcError: "crc_errors",
+    FrameError: "frame_errors",
+    LinkError: "link_errors",
+    ExceptionResponse: "exceptions",
+    Cancelled: "cancelled",
+}
+
+
+def with_retries(counters: Counter[str], attempts: int, attempt: Callable[[], T]) -> T:
+    """Run ``attempt`` until it succeeds, at most ``attempts`` times, counting every try and failure.
+
+    An exception response is an answer and a cancellation is a shutdown: neither is retried.
+    """
+    for n in range(attempts):
+        counters["transactions"] += 1
+        try:
+            return attempt()
+        except BusError as exc:
+            counters[COUNTER_OF.get(type(exc), "errors")] += 1
+            if isinstance(exc, ExceptionResponse | Cancelled) or n + 1 == attempts:
+                raise
+            counters["retries"] += 1
+    raise ValueError(f"attempts must be at least 1; got {attempts}")
 
 
 class Transport(Protocol):

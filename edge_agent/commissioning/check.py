@@ -8,12 +8,11 @@ itself for a port.  (Run it with the agent stopped: the agent owns its ports exc
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from contract.telemetry import Q_OUT_OF_RANGE
-from edge_agent.bus.master import Master
-from edge_agent.bus.planner import ReadPlan, decode_read
-from edge_agent.bus.scheduler import open_transport
+from edge_agent.bus.link import open_link
 from edge_agent.bus.transport import BusError
 from edge_agent.config import AgentConfig
 
@@ -48,7 +47,7 @@ def check_config(cfg: AgentConfig) -> list[DeviceCheck]:
     """One test read of every configured device, bus by bus."""
     rows: list[DeviceCheck] = []
     for bus in cfg.buses:
-        master = Master(open_transport(bus), bus.timeout_ms / 1000, bus.retries)
+        link = open_link(bus)
         try:
             for dev in bus.devices:
                 spec = dev.load_spec()
@@ -56,18 +55,17 @@ def check_config(cfg: AgentConfig) -> list[DeviceCheck]:
                 rows.append(row)
                 if not dev.enabled:
                     continue
-                elapsed = 0.0
+                reader = link.reader(dev, spec)
+                t0 = time.monotonic()
                 try:
-                    for read in ReadPlan(spec, dev.poll_interval_s).full_cycle():
-                        result = master.read(dev.unit, read.table, read.address, read.count)
-                        elapsed += result.reply.elapsed_s
-                        for d in decode_read(read, result.values):
+                    for read in reader.reads(frozenset(reader.intervals)):
+                        for d in reader.read(read, None):
                             p = d.point
                             bad = d.value is None or (not isinstance(d.value, str | bool) and not p.in_range(d.value))
                             row.readings.append(Reading(p.metric, d.value, p.unit, Q_OUT_OF_RANGE if bad else 0))
                 except BusError as exc:
                     row.status, row.error = "error", str(exc)
-                row.response_ms = round(elapsed * 1000, 1)
+                row.response_ms = round((time.monotonic() - t0) * 1000, 1)
         finally:
-            master.close()
+            link.close()
     return rows

@@ -14,6 +14,7 @@ from rich.console import Console
 from device_specs.registry import SpecError, get_spec
 from device_specs.schema import DeviceSpec, Parity
 from hardware.faults import FAULT_SYNTAX
+from hardware.line_sensor import LineSensorSimulator
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator
@@ -121,7 +122,9 @@ def _apply_faults(devices: list[SimulatedDevice], faults: list[str]) -> None:
                 raise _usage_error(f"--fault: {exc}") from None
 
 
-def _run_until_signalled(sim: RtuBusSimulator | TcpSimulator, devices: list[SimulatedDevice], every: float) -> None:
+def _run_until_signalled(sim: RtuBusSimulator | TcpSimulator | LineSensorSimulator,
+                         devices: list[SimulatedDevice], every: float) -> None:
+    """Serve until SIGINT/SIGTERM, a status line every ``every`` seconds (of the line sensor when no devices)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -138,7 +141,46 @@ def _run_until_signalled(sim: RtuBusSimulator | TcpSimulator, devices: list[Simu
     sys.stdout.flush()
 
 
-def _status(sim: RtuBusSimulator | TcpSimulator, devices: list[SimulatedDevice]) -> None:
+def _status(sim: RtuBusSimulator | TcpSimulator | LineSensorSimulator, devices: list[SimulatedDevice]) -> None:
     counters = " ".join(f"{k} {v}" for k, v in sim.stats.as_dict().items() if v or k in ("requests", "answered"))
     units = "  ".join(f"[bold]{d.unit_id}[/bold] {d.spec.model} faults {d.faults.describe()}" for d in devices)
+    if isinstance(sim, LineSensorSimulator):
+        units = f"{sim.spec.model} faults {sim.faults.describe()}, lines dropped unread {sim.lines_dropped}"
     err.print(f"{time.strftime('%H:%M:%S')}  {counters}  |  {units}")
+
+
+@app.command()
+def line(
+    spec: str = typer.Option(..., "--spec", help="A serial-line sensor model (id, model@version or YAML file)."),
+    baud: int | None = typer.Option(None, "--baud", min=300, max=4_000_000, help="Baud rate (default: the spec's)."),
+    parity: str | None = typer.Option(None, "--parity", help="Parity N, E or O (default: the spec's)."),
+    stop_bits: int | None = typer.Option(None, "--stop-bits", min=1, max=2, help="Stop bits (default: the spec's)."),
+    data_bits: int | None = typer.Option(None, "--data-bits", min=7, max=8, help="Data bits (default: the spec's)."),
+    rate_hz: float | None = typer.Option(None, "--rate-hz", min=0.001, help="Lines per second of a free-running "
+                                         "sensor (default: from the spec's timing.max_response_ms)."),
+    turnaround_ms: float = typer.Option(5.0, "--turnaround-ms", min=0, help="Think time before a polled answer."),
+    fault: list[str] = typer.Option([], "--fault", help=f"FAULT, one of: {FAULT_SYNTAX}; repeat."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weather, noise and fault dice."),
+    status_every: float = typer.Option(5.0, "--status-every", min=0.1, help="Seconds between status lines."),
+) -> None:
+    """Simulate a serial line-protocol sensor from its spec on a new pty until SIGINT/SIGTERM.
+
+    The first line on stdout says where it listens, e.g.
+    ``listening line /dev/pts/7 9600 8N1 maxbotix-hrxl-maxsonar-wr free-running at 6.67 lines/s``;
+    status lines go to stderr.
+    """
+    try:
+        s = get_spec(spec)
+        sim = LineSensorSimulator(s, seed, baud=baud, parity=None if parity is None else _parity(parity, "N"),
+                                  stop_bits=stop_bits, data_bits=data_bits, rate_hz=rate_hz,
+                                  turnaround_ms=turnaround_ms)
+    except (SpecError, ValueError) as exc:
+        raise _usage_error(str(exc)) from None
+    for text in fault:
+        try:
+            sim.faults.apply(text)
+        except ValueError as exc:
+            raise _usage_error(f"--fault: {exc}") from None
+    sim.start()
+    print(f"listening line {sim.port} {sim.line} {s.model} {sim.describe()}", flush=True)
+    _run_until_signalled(sim, [], status_every)

@@ -13,6 +13,7 @@ import getpass
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 from fieldtrust import processes
 
@@ -36,7 +37,8 @@ REPLACED = {
 def derived_config(port: int, workdir: Path, overrides: dict[str, str] | None = None) -> str:
     """The gateway broker's settings, listening on 127.0.0.1:``port`` and writing in ``workdir``.
 
-    ``overrides`` replace options of the file (for a broker that plays the cloud's part, say).
+    ``overrides`` replace options of the file and the defaults below (for a broker that plays the
+    cloud's part, say, with ``password_file``, ``acl_file`` and ``allow_anonymous false``).
     """
     overrides = overrides or {}
     kept = []
@@ -45,7 +47,7 @@ def derived_config(port: int, workdir: Path, overrides: dict[str, str] | None = 
         if words and not words[0].startswith("#") and words[0] not in REPLACED and words[0] not in overrides:
             kept.append(line)
     kept += [f"{name} {value}" for name, value in overrides.items()]
-    kept += [
+    defaults = [
         f"persistence_location {workdir}/",
         f"log_dest file {workdir / 'mosquitto.log'}",
         "log_type all",
@@ -54,11 +56,14 @@ def derived_config(port: int, workdir: Path, overrides: dict[str, str] | None = 
         # as root, mosquitto would switch to its own user, who cannot write in a test's folder
         f"user {getpass.getuser()}",
     ]
+    kept += [line for line in defaults if line.split()[0] not in overrides]  # an override wins
     return "\n".join(kept) + "\n"
 
 
 class PrivateMosquitto:
     """A broker of our own on a spare port; :meth:`stop` and :meth:`start` keep the port."""
+
+    protocol: Literal["5"] = "5"  # the MQTT version the agent speaks to it
 
     def __init__(self, workdir: Path, port: int | None = None, overrides: dict[str, str] | None = None) -> None:
         if shutil.which("mosquitto") is None:
@@ -92,6 +97,12 @@ class PrivateMosquitto:
         """SIGTERM: mosquitto saves its sessions to the persistence file on the way out."""
         if self._proc is not None:
             processes.stop(self._proc)
+            self._proc = None
+
+    def kill(self) -> None:
+        """``kill -9`` (fault tests): nothing is saved; what was queued since the last autosave is lost."""
+        if self._proc is not None:
+            processes.kill9(self._proc)
             self._proc = None
 
     def restart(self) -> None:

@@ -1,0 +1,142 @@
+"""Several prepared messages, one transaction: the duplicate rule applied, rows and dead letters written.
+
+Per batch: a batch id already in ``ft.batches`` (or earlier in this transaction) with the same
+frame is a redelivery — receipted again, nothing re-written; with a different frame it is a
+conflict — dead-lettered and alarmed, not receipted (the first stored version stays).  Per
+telemetry message (device, key epoch, sequence): the ledger claim decides; a message already
+stored with the same digest is a duplicate (counted, its rows not written again), with another
+digest a conflict (dead-lettered with both digests, alarmed).  Arrival order never matters: the
+ledger is keyed by identity, not by position.
+
+The caller commits (``with conn.transaction(): commit_units(...)``) and only then publishes the
+receipts and acknowledges the messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import psycopg
+
+from cloud.ingest.handler import Prepared, TelemetryItem, VerifiedBatch
+from cloud.store import writes
+from cloud.store.writes import DeadLetter, MessageKey
+from contract.telemetry import CONFLICT, DUPLICATE, classify
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one transaction did: for receipts, counters and last-seen times."""
+
+    receipts: dict[tuple[str, str], tuple[bytes, list[str]]] = field(default_factory=dict)  # (tenant, gw) -> key, ids
+    counts: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)  # dead letters by reason
+    newest_ms: int | None = None  # newest reading time written
+    oldest_sent_ms: int | None = None  # earliest 'sent' of the batches committed
+    gateways: set[str] = field(default_factory=set)
+    devices: set[str] = field(default_factory=set)
+
+    def receipt(self, batch: VerifiedBatch) -> None:
+        key, ids = self.receipts.setdefault((batch.tenant_id, batch.gateway_id), (batch.key, []))
+        if batch.batch_id not in ids:
+            ids.append(batch.batch_id)
+
+
+def _conflict_letter(topic: str, item: TelemetryItem, stored: bytes, why: str) -> DeadLetter:
+    m = item.message
+    detail = (f"{m.device_id}:{m.epoch}:{m.seq} {why}: stored digest {stored.hex()}, this one {m.digest.hex()}"
+              f" (batch {m.batch_id})")
+    return DeadLetter(topic, "conflict", detail, m.frame or item.body, m.tenant_id, m.gateway_id, m.device_id)
+
+
+def commit_units(conn: psycopg.Connection, units: list[Prepared], scheme: writes.WriteScheme = "direct") -> Outcome:
+    """Write ``units`` inside the caller's transaction and say what was done."""
+    out = Outcome()
+    letters: list[DeadLetter] = []
+    stored_batches = writes.committed_batches(conn, {u.batch.batch_id for u in units if u.batch is not None})
+    fresh: list[tuple[Prepared, VerifiedBatch]] = []
+    for unit in units:
+        batch = unit.batch
+        if batch is None:
+            letters += unit.dead_letters
+            out.counts["messages_refused"] += 1
+            continue
+        known = stored_batches.get(batch.batch_id)
+        if known is None:
+            stored_batches[batch.batch_id] = batch.frame_digest
+            fresh.append((unit, batch))
+        elif known == batch.frame_digest:  # a duplicate at the batch level: nothing inside is looked at again
+            out.counts["batches_redelivered"] += 1
+            out.counts["duplicates"] += 1
+            out.receipt(batch)
+        else:
+            out.counts["conflicts"] += 1
+            log.error("CONFLICT: batch %s arrived again with different bytes (stored frame sha256 %s, this one %s)",
+                      batch.batch_id, known.hex(), batch.frame_digest.hex())
+            letters.append(DeadLetter(unit.topic, "conflict", f"batch {batch.batch_id}: stored frame sha256 "
+                                      f"{known.hex()}, this one {batch.frame_digest.hex()}", unit.payload,
+                                      batch.tenant_id, batch.gateway_id))
+
+    # Telemetry messages of new batches: the first of each identity claims it in the ledger.
+    first: dict[MessageKey, TelemetryItem] = {}
+    for unit, _batch in fresh:
+        for item in unit.items:
+            first.setdefault(item.message.key, item)
+    claimed = writes.claim_messages(conn, [i.message for i in first.values()])
+    earlier = writes.stored_digests(conn, [k for k in first if k not in claimed])
+    rows: list[writes.ReadingRow] = []
+    per_batch: dict[str, Counter[str]] = {b.batch_id: Counter() for _, b in fresh}
+    for unit, batch in fresh:
+        tally = per_batch[batch.batch_id]
+        letters += unit.dead_letters
+        tally["rejected"] += len(unit.dead_letters)
+        for item in unit.items:
+            key = item.message.key
+            owner = first[key]
+            if item is owner and key in claimed:
+                rows += item.rows
+                letters += item.rejects
+                tally["readings"] += len(item.rows)
+                tally["rejected"] += len(item.rejects)
+                out.counts["messages_new"] += 1
+                out.counts["node_signed" if item.message.trust == 1 else "gateway_attested"] += len(item.rows)
+                out.devices.add(item.message.device_id)
+                if item.newest_ms is not None and (out.newest_ms is None or item.newest_ms > out.newest_ms):
+                    out.newest_ms = item.newest_ms
+                continue
+            # Claimed here: a repeat within this transaction; else compare with what an earlier one stored.
+            stored = owner.message.digest if key in claimed else earlier[key]
+            verdict = classify(stored, item.message.digest)
+            if verdict == DUPLICATE:
+                out.counts["duplicates"] += 1
+                tally["duplicates"] += 1
+                continue
+            assert verdict == CONFLICT
+            out.counts["conflicts"] += 1
+            tally["rejected"] += 1
+            log.error("CONFLICT: %s:%s:%s from gateway %s arrived with different bytes (stored digest %s, this one %s)",
+                      *key, batch.gateway_id, stored.hex(), item.message.digest.hex())
+            letters.append(_conflict_letter(unit.topic, item, stored, "same identity, different bytes"))
+
+    inserted = writes.write_readings(conn, rows, scheme)
+    out.counts["readings"] += inserted
+    out.counts["readings_overlapping"] += len(rows) - inserted  # same device, metric and time from another message
+    writes.insert_dead_letters(conn, letters)
+    for letter in letters:
+        out.rejected[letter.reason] += 1
+    writes.insert_batches(conn, [
+        writes.BatchRow(b.batch_id, b.tenant_id, b.gateway_id, b.frame, per_batch[b.batch_id]["readings"],
+                        per_batch[b.batch_id]["duplicates"], per_batch[b.batch_id]["rejected"])
+        for _, b in fresh
+    ])
+    for _unit, batch in fresh:
+        out.receipt(batch)
+        out.counts["batches"] += 1
+        out.gateways.add(batch.gateway_id)
+        if out.oldest_sent_ms is None or batch.sent_ms < out.oldest_sent_ms:
+            out.oldest_sent_ms = batch.sent_ms
+    return out

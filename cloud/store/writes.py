@@ -1,0 +1,288 @@
+"""The ingest's SQL: readings by COPY, the duplicate ledger, batches, dead letters, lookups, counters.
+
+Exactly-once storage rests on two keys.  ``ft.messages`` (device, key epoch, sequence) is claimed
+with ``INSERT … ON CONFLICT DO NOTHING RETURNING``: only the transaction that claims a message
+writes its readings, and a second worker holding the same message waits on the first one's
+claim and then finds it taken.  ``ft.readings``' primary key (device, metric, time) guards the
+rows themselves: :func:`write_readings` COPYs straight into the table inside a savepoint and,
+only when another message already stored a reading with the same key (a unique violation),
+repeats the rows through a temporary staging table with ``INSERT … SELECT … ON CONFLICT DO
+NOTHING``.  The common case thus costs one COPY; the guarantee is the staging path's.
+
+Every function takes a connection and leaves the transaction to its caller.  Key order is sorted
+wherever rows are locked, so two workers never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors
+from psycopg.types.json import Jsonb
+
+#: the columns of ft.readings, in the order rows are given to :func:`write_readings`
+READING_COLUMNS = ("tenant_id", "device_id", "metric_id", "ts", "value", "value_text", "quality", "trust", "epoch",
+                   "seq")
+#: COPY types of those columns.  ``ts`` goes as int8: PostgreSQL's binary timestamptz *is* a 64-bit count of
+#: microseconds since 2000-01-01 UTC, so readings need no datetime object each on their way to the table.
+_READING_TYPES = ["text", "text", "int4", "int8", "float8", "text", "int4", "int2", "int4", "int8"]
+_COLUMNS = ", ".join(READING_COLUMNS)
+_STAGE = "ingest_stage"
+#: 2000-01-01T00:00:00Z in Unix milliseconds: the origin of PostgreSQL's timestamps
+PG_EPOCH_MS = 946_684_800_000
+
+#: (tenant, device, metric id, time in µs since 2000-01-01 UTC (:func:`pg_time`), value, text value, quality,
+#: trust, key epoch, sequence)
+ReadingRow = tuple[str, str, int, int, float | None, str | None, int, int, int, int]
+MessageKey = tuple[str, int, int]
+WriteScheme = Literal["direct", "merge"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    id: str
+    tenant_id: str
+    gateway_id: str | None
+    kind: str
+    spec_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """One ledger row: a telemetry message's identity, digest and where it came from."""
+
+    device_id: str
+    epoch: int
+    seq: int
+    tenant_id: str
+    gateway_id: str
+    digest: bytes
+    trust: int
+    batch_id: str
+    frame: bytes | None  # node-signed: the node's frame, so its signature can be checked again later
+
+    @property
+    def key(self) -> MessageKey:
+        return self.device_id, self.epoch, self.seq
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    batch_id: str
+    tenant_id: str
+    gateway_id: str
+    frame: bytes
+    readings: int
+    duplicates: int
+    rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    tenant_id: str | None = None
+    gateway_id: str | None = None
+    device_id: str | None = None
+
+
+def pg_time(unix_ms: int) -> int:
+    """A reading time for :data:`ReadingRow`: Unix milliseconds as microseconds since 2000-01-01 UTC."""
+    return (unix_ms - PG_EPOCH_MS) * 1000
+
+
+# -- lookups (registry rows the ingest needs per message) ----------------------------------------
+
+
+def gateway_tenants(conn: psycopg.Connection, gateway_ids: Iterable[str]) -> dict[str, str]:
+    """Tenant of each registered gateway among ``gateway_ids``."""
+    rows = conn.execute("SELECT id, tenant_id FROM ft.gateways WHERE id = ANY(%s)", (list(gateway_ids),))
+    return dict(rows.fetchall())
+
+
+def devices(conn: psycopg.Connection, device_ids: Iterable[str]) -> dict[str, DeviceInfo]:
+    rows = conn.execute(
+        "SELECT id, tenant_id, gateway_id, kind, spec_key FROM ft.devices WHERE id = ANY(%s)", (list(device_ids),)
+    ).fetchall()
+    return {r[0]: DeviceInfo(*r) for r in rows}
+
+
+def key_state(conn: psycopg.Connection, owner_kind: str, owner_id: str, epoch: int) -> Literal["revoked", "unknown"]:
+    """Why no usable key was found for (owner, epoch): it was revoked, or never registered."""
+    row = conn.execute(
+        "SELECT revoked_at IS NOT NULL FROM ft.keys WHERE owner_kind = %s AND owner_id = %s AND epoch = %s",
+        (owner_kind, owner_id, epoch),
+    ).fetchone()
+    return "revoked" if row is not None and row[0] else "unknown"
+
+
+def metric_ids(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """Ids of (metric name, unit) pairs, registering the new ones."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    names, units = [p[0] for p in wanted], [p[1] for p in wanted]
+    conn.execute(
+        "INSERT INTO ft.metrics (name, unit) SELECT * FROM unnest(%s::text[], %s::text[]) ON CONFLICT DO NOTHING",
+        (names, units),
+    )
+    rows = conn.execute(
+        "SELECT m.name, m.unit, m.id FROM ft.metrics m JOIN unnest(%s::text[], %s::text[]) AS w(name, unit)"
+        " USING (name, unit)",
+        (names, units),
+    ).fetchall()
+    return {(name, unit): mid for name, unit, mid in rows}
+
+
+# -- the ledgers --------------------------------------------------------------------------------
+
+
+def committed_batches(conn: psycopg.Connection, batch_ids: Iterable[str]) -> dict[str, bytes]:
+    """SHA-256 of the stored frame of each already committed batch among ``batch_ids``."""
+    rows = conn.execute("SELECT batch_id, sha256(frame) FROM ft.batches WHERE batch_id = ANY(%s)",
+                        (list(batch_ids),))
+    return {bid: bytes(h) for bid, h in rows.fetchall()}
+
+
+def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> set[MessageKey]:
+    """Insert ledger rows; return the keys this transaction claimed (the others were there before)."""
+    if not messages:
+        return set()
+    ordered = sorted(messages, key=lambda m: m.key)
+    cols = list(zip(*((m.device_id, m.epoch, m.seq, m.tenant_id, m.gateway_id, m.digest, m.trust, m.batch_id,
+                       m.frame) for m in ordered), strict=True))
+    rows = conn.execute(
+        "INSERT INTO ft.messages (device_id, epoch, seq, tenant_id, gateway_id, digest, trust, batch_id, frame)"
+        " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::bytea[],"
+        " %s::smallint[], %s::text[], %s::bytea[])"
+        " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq",
+        [list(c) for c in cols],
+    ).fetchall()
+    return {(d, e, s) for d, e, s in rows}
+
+
+def stored_digests(conn: psycopg.Connection, keys: Iterable[MessageKey]) -> dict[MessageKey, bytes]:
+    """The digest stored in the ledger for each of ``keys`` that is there."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    rows = conn.execute(
+        "SELECT m.device_id, m.epoch, m.seq, m.digest FROM ft.messages m"
+        " JOIN unnest(%s::text[], %s::int[], %s::bigint[]) AS k(device_id, epoch, seq) USING (device_id, epoch, seq)",
+        ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
+    ).fetchall()
+    return {(d, e, s): bytes(h) for d, e, s, h in rows}
+
+
+def insert_batches(conn: psycopg.Connection, batches: Sequence[BatchRow]) -> set[str]:
+    """Record committed batches; return the ids inserted (a concurrent worker may have been first)."""
+    if not batches:
+        return set()
+    ordered = sorted(batches, key=lambda b: b.batch_id)
+    rows = conn.execute(
+        "INSERT INTO ft.batches (batch_id, tenant_id, gateway_id, frame, readings, duplicates, rejected)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::int[], %s::int[])"
+        " ON CONFLICT DO NOTHING RETURNING batch_id",
+        ([b.batch_id for b in ordered], [b.tenant_id for b in ordered], [b.gateway_id for b in ordered],
+         [b.frame for b in ordered], [b.readings for b in ordered], [b.duplicates for b in ordered],
+         [b.rejected for b in ordered]),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter]) -> None:
+    if not letters:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ft.dead_letters (tenant_id, gateway_id, device_id, topic, reason, detail, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(d.tenant_id, d.gateway_id, d.device_id, d.topic, d.reason, d.detail, d.payload) for d in letters],
+        )
+
+
+# -- readings -----------------------------------------------------------------------------------
+
+
+def copy_readings(conn: psycopg.Connection, rows: Iterable[ReadingRow], table: str = "ft.readings") -> None:
+    """Binary COPY of ``rows`` into ``table`` (ft.readings, or the staging table)."""
+    with conn.cursor() as cur, cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_READING_TYPES)
+        for row in rows:
+            copy.write_row(row)
+
+
+def merge_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow]) -> int:
+    """COPY into a staging table, then INSERT … ON CONFLICT DO NOTHING; returns the rows inserted.
+
+    The temporary table is created on first use in a session (and again after a rolled-back
+    transaction took it away) and emptied after each use, so it only ever holds this call's rows.
+    """
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE ft.readings INCLUDING DEFAULTS)")
+    copy_readings(conn, rows, _STAGE)
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO ft.readings ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE} ON CONFLICT DO NOTHING")
+        inserted = cur.rowcount
+    conn.execute(f"TRUNCATE {_STAGE}")
+    return inserted
+
+
+def write_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow], scheme: WriteScheme = "direct") -> int:
+    """Store ``rows`` inside the caller's transaction, skipping keys already stored; returns the rows inserted.
+
+    ``direct`` tries one COPY into ft.readings under a savepoint and falls back to ``merge`` on a
+    unique violation; ``merge`` always goes through the staging table.
+    """
+    if not rows:
+        return 0
+    if scheme == "direct":
+        try:
+            with conn.transaction():
+                copy_readings(conn, rows)
+            return len(rows)
+        except errors.UniqueViolation:
+            pass
+    return merge_readings(conn, rows)
+
+
+# -- after the commit ---------------------------------------------------------------------------
+
+
+def touch_last_seen(conn: psycopg.Connection, table: Literal["gateways", "devices"],
+                    seen: dict[str, datetime]) -> None:
+    """Move ``last_seen_at`` forward (never back) for the given ids."""
+    if not seen:
+        return
+    ids = sorted(seen)
+    conn.execute(
+        f"UPDATE ft.{table} t SET last_seen_at = v.seen FROM unnest(%s::text[], %s::timestamptz[]) AS v(id, seen)"
+        " WHERE t.id = v.id AND (t.last_seen_at IS NULL OR t.last_seen_at < v.seen)",
+        (ids, [seen[i] for i in ids]),
+    )
+
+
+def save_worker_counters(conn: psycopg.Connection, worker_id: str, host: str, pid: int, started_at: datetime,
+                         counters: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO ft.ingest_workers (worker_id, host, pid, started_at, updated_at, counters)"
+        " VALUES (%s, %s, %s, %s, now(), %s)"
+        " ON CONFLICT (worker_id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,"
+        " started_at = EXCLUDED.started_at, updated_at = now(), counters = EXCLUDED.counters",
+        (worker_id, host, pid, started_at, Jsonb(counters)),
+    )
+
+
+def worker_counters(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every worker's last published counters, newest first, with the seconds since it published."""
+    rows = conn.execute(
+        "SELECT worker_id, host, pid, started_at, updated_at, extract(epoch FROM now() - updated_at)::float8,"
+        " counters FROM ft.ingest_workers ORDER BY updated_at DESC"
+    ).fetchall()
+    keys = ("worker_id", "host", "pid", "started_at", "updated_at", "age_s", "counters")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
