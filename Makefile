@@ -30,10 +30,12 @@ test: $(STAMP) $(MPY_STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/fieldtrust demo
+	$(BIN)/fieldtrust demo --duration 60
 
+# Each benchmark prints its figures beside a baseline measured in the same run (docs/performance.md).
+BENCHES := bus_efficiency outbox_rates agent_footprint broker_throughput ingest query_latency
 bench: $(STAMP)
-	$(BIN)/python -m bench.run_all
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

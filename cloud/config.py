@@ -30,7 +30,7 @@ class CloudSettings(BaseSettings):
     # ingest
     ingest_group: str = "ingest"
     ingest_client_id: str | None = None
-    ingest_batch_rows: int = Field(default=5000, ge=1, le=1_000_000)
+    ingest_batch_rows: int = Field(default=20_000, ge=1, le=1_000_000)  # bench/ingest.py
     ingest_batch_wait_s: float = Field(default=0.2, ge=0.0, le=60)
     #: readings with a time this far from now are dead-lettered (clock far off or garbage)
     ingest_max_past_days: int = Field(default=366 * 2, ge=1)

@@ -193,3 +193,21 @@ def test_bad_rows_are_dead_lettered_one_by_one(site: Site, ingest: Ingest) -> No
     context = json.loads(payload)
     assert context["dev"] == dev and context["seq"] == 0 and context["record"]["u"] == "degF"
     assert context["batch"] == f"{site.gw}:1:0"
+
+
+def test_reading_times_as_microseconds_or_as_datetimes_are_the_same_instant(site: Site) -> None:
+    from datetime import UTC, datetime
+
+    from cloud.store import writes
+
+    when = datetime(2026, 11, 29, 12, 30, 15, 123000, tzinfo=UTC)
+    with db.connect(site.url) as conn:
+        partitions.ensure_partitions(conn, when, when)
+        mid = writes.metric_ids(conn, [("soil_moisture", "%")])[("soil_moisture", "%")]
+        row = (site.tenant, site.bus[0], mid, writes.pg_time(int(when.timestamp() * 1000)), 1.0, None, 0, 2, 1, 0)
+        assert writes.write_readings(conn, [row]) == 1
+        assert writes.write_readings(conn, [(site.tenant, site.bus[1], mid, when, *row[4:])]) == 1
+        assert writes.write_readings(conn, [row], "merge") == 0  # already there: skipped, not an error
+        conn.commit()
+        stored = conn.execute("SELECT DISTINCT ts FROM ft.readings").fetchall()
+    assert stored == [(when,)]

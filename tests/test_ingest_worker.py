@@ -138,3 +138,33 @@ def test_a_1000_row_batch_with_1970_and_2099_stores_998_and_the_worker_carries_o
         finally:
             link.close()
     assert worker.counters.rejected("row_time_out_of_range") == 2
+
+
+def test_a_message_the_database_refuses_is_dead_lettered_and_the_rest_of_its_group_stored(shared_broker,
+                                                                                          site: Site) -> None:
+    import psycopg
+
+    poisoned = site.bus[1]
+    with psycopg.connect(site.url, autocommit=True) as conn:  # a fault of the database's, not of the message
+        conn.execute(f"""
+            CREATE FUNCTION ft.poison() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM inserted WHERE device_id = '{poisoned}') THEN
+                    RAISE EXCEPTION 'device {poisoned} refused by a test trigger';
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER poison AFTER INSERT ON ft.readings REFERENCING NEW TABLE AS inserted
+                FOR EACH STATEMENT EXECUTE FUNCTION ft.poison();""")
+    frames = [batch_frame(site, [soil_body(dev, seq)]) for seq, dev in enumerate([site.bus[0], poisoned, site.bus[0]])]
+    with running_worker(site.url, ingest_batch_wait_s=0.5) as worker:  # the three in one group
+        link = GatewayLink(site, *shared_broker)
+        try:
+            link.publish(*frames)
+            assert wait_until(lambda: len(link.receipted) == 2), worker.counters.snapshot()
+            link.publish(batch_frame(site, [soil_body(site.bus[0], 3)]))  # and it carries on
+            assert wait_until(lambda: len(link.receipted) == 3), worker.counters.snapshot()
+        finally:
+            link.close()
+    assert readings(site.url) == 6 and reasons(site) == ["store_error"]
+    assert sorted(link.receipted) == [f"{site.gw}:1:{s}" for s in (0, 2, 3)]  # the refused one stays with the gateway

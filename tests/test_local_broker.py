@@ -1,5 +1,5 @@
 """The broker the project starts for itself: Mosquitto when installed, else amqtt (MQTT 3.1.1),
-and the gateway agent, the cloud peer and the demo working over either."""
+and the gateway agent and the cloud peer working over either (the demo on amqtt: tests/test_demo.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import psutil
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from rich.console import Console
 from support.readings import SW, capture_reading, node_frame
 
 from contract import models, topics
@@ -27,7 +26,6 @@ from edge_agent.config import BrokerConfig, GatewayIdentity, UplinkConfig, parse
 from edge_agent.outbox import Outbox
 from edge_agent.uplink import Uplink
 from fieldtrust import processes
-from fieldtrust.demo import run_demo
 from fieldtrust.services.amqtt_broker import AmqttBroker
 from fieldtrust.services.broker import BROKER_ENV, choose_kind, start_local_broker
 from fieldtrust.services.mosquitto import PrivateMosquitto
@@ -300,16 +298,3 @@ def test_receipts_sent_while_the_uplink_is_away_arrive_when_it_returns(amqtt, id
         assert up.counters["receipts"] == 1 and box.stats().confirmed == 3
     finally:
         box.close()
-
-
-# -- the demo -----------------------------------------------------------------------------------
-
-
-def test_the_demo_runs_end_to_end_on_amqtt():
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    console = Console(record=True, width=120)
-    result = run_demo(seconds=4, console=console, broker="amqtt")
-    text = console.export_text()
-    assert "a private amqtt (MQTT 3.1.1)" in text and "nothing lost" in text
-    assert result.ok and result.produced_gateway > 0 and result.produced_nodes > 0 and result.conflicts == 0
-    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before  # the broker ended with the demo

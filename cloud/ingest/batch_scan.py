@@ -1,4 +1,4 @@
-"""Split a gateway batch body into its header and the exact bytes of each telemetry body.
+"""Find the exact bytes of each telemetry body in a gateway batch (and split a batch that is not well-formed).
 
 The duplicate rule compares *bytes* (``contract.telemetry.classify`` over SHA-256 digests), and a
 gateway splices each captured telemetry body into its batch verbatim, so the bytes of one
@@ -6,6 +6,10 @@ gateway splices each captured telemetry body into its batch verbatim, so the byt
 different encodings of the same values a duplicate instead of a conflict; this scanner walks the
 top-level object with the standard library's C scanner and records where each ``tel`` element
 starts and ends, at about the cost of one ``json.loads``.
+
+:func:`tel_spans` is the fast path for batches that the contract's model has already accepted
+and that are laid out the way the gateway agent lays them out: it finds the same bytes with a
+substring search.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 from contract.telemetry import ContractError
 
 _DECODER = json.JSONDecoder()
+#: how every telemetry body the contract's encoder writes begins (``encode_body`` keeps the key order)
+TEL_MARKER = b'{"v":1,"k":"tel",'
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -96,3 +102,33 @@ def scan_batch(body: bytes) -> ScannedBatch:
     if _skip(text, idx + 1) != len(text):
         raise ContractError("bad_json", f"extra data after the object at character {idx + 1}")
     return ScannedBatch(header, tel if tel is not None else [])
+
+
+def tel_spans(body: bytes, count: int) -> list[bytes] | None:
+    """The bytes of the ``count`` telemetry bodies of a batch body *the contract's model accepted*, or None.
+
+    In such a body the marker ``{"v":1,"k":"tel",`` can only begin a ``tel`` element: quotes inside
+    strings are escaped, records may not have a ``k`` key and the batch's own header says
+    ``"k":"batch"``.  So when the marker occurs exactly ``count`` times, element *i* runs from its
+    marker to the last ``}`` before the next one (the last element is parsed to find its end).
+    Otherwise — another key order, spaces, duplicate keys — None: use :func:`scan_batch`.
+    """
+    starts = []
+    at = body.find(TEL_MARKER)
+    while at != -1:
+        starts.append(at)
+        at = body.find(TEL_MARKER, at + len(TEL_MARKER))
+    if len(starts) != count:
+        return None
+    if not starts:
+        return []
+    spans = [body[a : body.rindex(b"}", a, b) + 1] for a, b in zip(starts, starts[1:], strict=False)]
+    tail = body[starts[-1] :]
+    if not tail.isascii():
+        return None
+    try:
+        _value, end = _DECODER.raw_decode(tail.decode("ascii"))
+    except json.JSONDecodeError:
+        return None
+    spans.append(tail[:end])
+    return spans

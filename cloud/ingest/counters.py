@@ -55,6 +55,11 @@ class Counters:
         with self._lock:
             self._counts[name] += by
 
+    def refused(self, reason: str) -> None:
+        """One dead letter written outside a regular commit."""
+        with self._lock:
+            self._rejected[reason] += 1
+
     def committed(self, outcome: Outcome) -> None:
         """Add what one transaction did, and the lag it was committed with."""
         now_ms = self._clock() * 1000

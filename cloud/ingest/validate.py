@@ -92,6 +92,8 @@ def check_record(rec: models.Record, bt_ms: int, header_q: int, window: TimeWind
     if not window.earliest_ms <= ts <= window.latest_ms:
         raise RowRejected(ROW_TIME, f"{rec.n} at {_iso(ts)} is outside [{_iso(window.earliest_ms)}, "
                                     f"{_iso(window.latest_ms)}]")
+    if "\x00" in rec.u or (rec.vs is not None and "\x00" in rec.vs):
+        raise RowRejected(ROW_INVALID, f"{rec.n}: a NUL character, which PostgreSQL text cannot hold")
     rule = None
     if rules is not None:
         rule = rules.get(rec.n)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg import errors
@@ -27,17 +27,19 @@ from psycopg.types.json import Jsonb
 #: the columns of ft.readings, in the order rows are given to :func:`write_readings`
 READING_COLUMNS = ("tenant_id", "device_id", "metric_id", "ts", "value", "value_text", "quality", "trust", "epoch",
                    "seq")
-#: COPY types of those columns.  ``ts`` goes as int8: PostgreSQL's binary timestamptz *is* a 64-bit count of
-#: microseconds since 2000-01-01 UTC, so readings need no datetime object each on their way to the table.
+#: COPY types of those columns.  The ingest gives ``ts`` as an int sent as int8: PostgreSQL's binary
+#: timestamptz *is* a 64-bit count of microseconds since 2000-01-01 UTC, so its readings need no datetime
+#: object each on their way to the table.  Rows with an aware datetime there are sent as timestamptz.
 _READING_TYPES = ["text", "text", "int4", "int8", "float8", "text", "int4", "int2", "int4", "int8"]
+_READING_TYPES_DATETIME = [*_READING_TYPES[:3], "timestamptz", *_READING_TYPES[4:]]
 _COLUMNS = ", ".join(READING_COLUMNS)
 _STAGE = "ingest_stage"
 #: 2000-01-01T00:00:00Z in Unix milliseconds: the origin of PostgreSQL's timestamps
 PG_EPOCH_MS = 946_684_800_000
 
-#: (tenant, device, metric id, time in µs since 2000-01-01 UTC (:func:`pg_time`), value, text value, quality,
-#: trust, key epoch, sequence)
-ReadingRow = tuple[str, str, int, int, float | None, str | None, int, int, int, int]
+#: (tenant, device, metric id, time: µs since 2000-01-01 UTC (:func:`pg_time`) or an aware datetime, value,
+#: text value, quality, trust, key epoch, sequence)
+ReadingRow = tuple[str, str, int, int | datetime, float | None, str | None, int, int, int, int]
 MessageKey = tuple[str, int, int]
 WriteScheme = Literal["direct", "merge"]
 
@@ -51,9 +53,8 @@ class DeviceInfo:
     spec_key: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class MessageRow:
-    """One ledger row: a telemetry message's identity, digest and where it came from."""
+class MessageRow(NamedTuple):
+    """One ledger row: a telemetry message's identity, digest and where it came from (in column order)."""
 
     device_id: str
     epoch: int
@@ -150,19 +151,35 @@ def committed_batches(conn: psycopg.Connection, batch_ids: Iterable[str]) -> dic
     return {bid: bytes(h) for bid, h in rows.fetchall()}
 
 
+_MESSAGE_COLUMNS = "device_id, epoch, seq, tenant_id, gateway_id, digest, trust, batch_id, frame"
+_MESSAGE_TYPES = ["text", "int4", "int8", "text", "text", "bytea", "int2", "text", "bytea"]
+
+
 def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> set[MessageKey]:
-    """Insert ledger rows; return the keys this transaction claimed (the others were there before)."""
+    """Insert ledger rows; return the keys this transaction claimed (the others were there before).
+
+    Like :func:`write_readings`: one COPY under a savepoint when every message is new (the common
+    case), ``INSERT … ON CONFLICT DO NOTHING RETURNING`` when some are not.
+    """
     if not messages:
         return set()
-    ordered = sorted(messages, key=lambda m: m.key)
-    cols = list(zip(*((m.device_id, m.epoch, m.seq, m.tenant_id, m.gateway_id, m.digest, m.trust, m.batch_id,
-                       m.frame) for m in ordered), strict=True))
+    values = sorted(messages)  # by key: the first three columns (no two rows share a key)
+    try:
+        with (conn.transaction(), conn.cursor() as cur,
+              cur.copy(f"COPY ft.messages ({_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy):
+            copy.set_types(_MESSAGE_TYPES)
+            for row in values:
+                copy.write_row(row)
+        return {m.key for m in values}
+    except errors.UniqueViolation:
+        pass
+    cols = [list(c) for c in zip(*values, strict=True)]
     rows = conn.execute(
-        "INSERT INTO ft.messages (device_id, epoch, seq, tenant_id, gateway_id, digest, trust, batch_id, frame)"
-        " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::bytea[],"
-        " %s::smallint[], %s::text[], %s::bytea[])"
+        f"INSERT INTO ft.messages ({_MESSAGE_COLUMNS})"
+        " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %b::bytea[],"
+        " %s::smallint[], %s::text[], %b::bytea[])"
         " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq",
-        [list(c) for c in cols],
+        cols,
     ).fetchall()
     return {(d, e, s) for d, e, s in rows}
 
@@ -180,29 +197,34 @@ def stored_digests(conn: psycopg.Connection, keys: Iterable[MessageKey]) -> dict
     return {(d, e, s): bytes(h) for d, e, s, h in rows}
 
 
-def insert_batches(conn: psycopg.Connection, batches: Sequence[BatchRow]) -> set[str]:
-    """Record committed batches; return the ids inserted (a concurrent worker may have been first)."""
+def insert_batches(conn: psycopg.Connection, batches: Sequence[BatchRow]) -> None:
+    """Record committed batches: one COPY, or, when a concurrent worker recorded one of them first, one
+    ``INSERT … ON CONFLICT DO NOTHING`` each (the first record stays)."""
     if not batches:
-        return set()
-    ordered = sorted(batches, key=lambda b: b.batch_id)
-    rows = conn.execute(
-        "INSERT INTO ft.batches (batch_id, tenant_id, gateway_id, frame, readings, duplicates, rejected)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::int[], %s::int[], %s::int[])"
-        " ON CONFLICT DO NOTHING RETURNING batch_id",
-        ([b.batch_id for b in ordered], [b.tenant_id for b in ordered], [b.gateway_id for b in ordered],
-         [b.frame for b in ordered], [b.readings for b in ordered], [b.duplicates for b in ordered],
-         [b.rejected for b in ordered]),
-    ).fetchall()
-    return {r[0] for r in rows}
+        return
+    values = sorted((b.batch_id, b.tenant_id, b.gateway_id, b.frame, b.readings, b.duplicates, b.rejected)
+                    for b in batches)
+    columns = "batch_id, tenant_id, gateway_id, frame, readings, duplicates, rejected"
+    try:
+        with (conn.transaction(), conn.cursor() as cur,
+              cur.copy(f"COPY ft.batches ({columns}) FROM STDIN (FORMAT BINARY)") as copy):
+            copy.set_types(["text", "text", "text", "bytea", "int4", "int4", "int4"])
+            for row in values:
+                copy.write_row(row)
+        return
+    except errors.UniqueViolation:
+        pass
+    with conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO ft.batches ({columns}) VALUES (%s, %s, %s, %b, %s, %s, %s) ON CONFLICT DO NOTHING", values
+        )
 
 
 def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter]) -> None:
-    if not letters:
-        return
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO ft.dead_letters (tenant_id, gateway_id, device_id, topic, reason, detail, payload)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            " VALUES (%s, %s, %s, %s, %s, %s, %b)",
             [(d.tenant_id, d.gateway_id, d.device_id, d.topic, d.reason, d.detail, d.payload) for d in letters],
         )
 
@@ -210,10 +232,13 @@ def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter])
 # -- readings -----------------------------------------------------------------------------------
 
 
-def copy_readings(conn: psycopg.Connection, rows: Iterable[ReadingRow], table: str = "ft.readings") -> None:
+def copy_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow], table: str = "ft.readings") -> None:
     """Binary COPY of ``rows`` into ``table`` (ft.readings, or the staging table)."""
+    if not rows:
+        return
+    types = _READING_TYPES_DATETIME if isinstance(rows[0][3], datetime) else _READING_TYPES
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_READING_TYPES)
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
