@@ -25,27 +25,26 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import select
-import threading
 import time
 from collections.abc import Callable
 
-from device_specs.line_codec import LineCodec, Value
-from device_specs.schema import DataType, DeviceSpec, Interface, Parity, Point, SerialDefaults
-from hardware.faults import FaultSet
-from hardware.pty_port import PtyPort
+from device_specs.line_codec import LineCodec
+from device_specs.schema import DeviceSpec, Interface, Parity, SerialDefaults
 from hardware.rtu_bus import char_time
-from hardware.signal_binding import Binding, bind
 from hardware.signals import SignalModel, stable_key
+from hardware.sim_points import SimulatedPoints
 from hardware.sim_stats import SimStats
+from hardware.sim_thread import PtySimulator
 
 log = logging.getLogger(__name__)
 
 _MAX_RX = 256  # bytes of unmatched input kept while waiting for a request
 
 
-class LineSensorSimulator:
+class LineSensorSimulator(SimulatedPoints, PtySimulator):
     """One line sensor of model ``spec``; its weather comes from ``SignalModel(seed)``."""
+
+    kind = "line sensor simulator"
 
     def __init__(self, spec: DeviceSpec, seed: int = 0, *, baud: int | None = None, parity: str | None = None,
                  stop_bits: int | None = None, data_bits: int | None = None, rate_hz: float | None = None,
@@ -57,7 +56,6 @@ class LineSensorSimulator:
         if self.codec.template is None:
             raise ValueError(f"{spec.key}: the spec has no line.format, so its lines cannot be simulated")
         defaults = spec.serial or SerialDefaults()
-        self.spec = spec
         self.baud = baud or defaults.baud
         self.parity = Parity((parity or defaults.parity.value).upper()[:1]).value
         self.stop_bits = stop_bits or defaults.stop_bits
@@ -72,22 +70,10 @@ class LineSensorSimulator:
         self.polled = self.codec.request is not None
         self.period_s = 1.0 / rate_hz if rate_hz else spec.timing.max_response_ms / 1000.0
         self.turnaround_s = turnaround_ms / 1000.0
-        self.seed = seed
-        self.clock = clock
-        self.signals = signals or SignalModel(seed)
-        self.faults = FaultSet(seed=seed * 1000 + stable_key(spec.model) % 1000, clock=clock)
+        super().__init__(spec, seed, clock, signals, fault_seed=seed * 1000 + stable_key(spec.model) % 1000,
+                         noise_scope="line")
         self.stats = SimStats()
         self.lines_dropped = 0  # lines the pty could not take (nobody reads the port)
-        self.started_at = clock()
-        self.port = ""
-        self._pins: dict[str, Value] = {}
-        self._lock = threading.Lock()
-        self._bindings: dict[str, Binding] = {p.metric: bind(p, spec.category) for p in spec.points}
-        self._noise_keys = {p.metric: stable_key(f"line/{p.metric}") for p in spec.points}
-        self._pty: PtyPort | None = None
-        self._wake: tuple[int, int] | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
 
     @property
     def line(self) -> str:
@@ -100,96 +86,34 @@ class LineSensorSimulator:
         return f"free-running at {1 / self.period_s:.3g} lines/s"
 
     # -- values -----------------------------------------------------------------------------------
-    def pin(self, metric: str, value: Value) -> None:
-        """Write ``value`` for ``metric`` from now on (not clamped: tests probe ranges too)."""
-        self.spec.point(metric)
-        with self._lock:
-            self._pins[metric] = value
-
-    def unpin(self, metric: str) -> None:
-        with self._lock:
-            self._pins.pop(metric, None)
-
-    def value(self, metric: str) -> Value:
-        """The physical value the next line carries for ``metric`` (before the codec's rounding)."""
-        return self._value(self.spec.point(metric), self._instant())
-
-    def _instant(self) -> float:
-        stuck_at = self.faults.stuck_at
-        return self.clock() if stuck_at is None else stuck_at
-
-    def _value(self, p: Point, t: float) -> Value:
-        with self._lock:
-            pinned = self._pins.get(p.metric)
-        if pinned is not None:
-            return pinned
-        if p.type == DataType.STRING:
-            return self.spec.model
-        binding = self._bindings[p.metric]
-        if p.type == DataType.BITS:
-            return binding.signal.name == "irrigating" and self.signals.irrigating(t)
-        value = binding.value(self.signals, t, self._noise_keys[p.metric], p.range, self.started_at)
-        return min(p.range[1], max(p.range[0], value)) if p.range is not None else value
-
     def render(self) -> bytes:
         """The line the sensor writes now (faults aside)."""
         t = self._instant()
         return self.codec.render({p.metric: self._value(p, t) for p in self.spec.points})
 
-    # -- life cycle ---------------------------------------------------------------------------------
-    def start(self) -> LineSensorSimulator:
-        if self._thread is not None:
-            raise RuntimeError("line sensor simulator already started")
-        self._pty = PtyPort()
-        self._wake = os.pipe()
-        self.port = self._pty.path
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"line-sensor {self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stopping = True
-        assert self._wake is not None and self._pty is not None
-        os.write(self._wake[1], b"x")
-        self._thread.join(5.0)
-        self._pty.close()
-        for fd in self._wake:
-            os.close(fd)
-        self._thread = self._pty = self._wake = None
-
-    def __enter__(self) -> LineSensorSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- the line -----------------------------------------------------------------------------------
+    def _thread_name(self) -> str:
+        return f"line-sensor {self.port}"
+
     def _run(self) -> None:
-        assert self._pty is not None and self._wake is not None
-        pty, wake = self._pty, self._wake[0]
-        watched = [pty.fd, wake] + ([pty.watch_fd] if pty.watch_fd is not None else [])
+        assert self._pty is not None
+        fd = self._pty.fd
         rx = bytearray()
         rx_done = 0.0  # when the bytes received so far finished crossing the line
         lines: collections.deque[tuple[float, bytes]] = collections.deque()  # (when to start sending, bytes)
         tx = bytearray()
         tx_at = 0.0  # when the next byte of tx reaches the gateway
         next_line = time.monotonic() + self.period_s  # free-running: when the next line is measured
-        while not self._stopping:
+        while not self._stopping.is_set():
             deadlines = [tx_at] if tx else ([lines[0][0]] if lines else [])
             if not self.polled:
                 deadlines.append(next_line)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready, _, _ = select.select(watched, [], [], timeout)
-            if wake in ready:
+            data = self._wait_input(timeout)
+            if data is None:
                 return
-            if pty.watch_fd in ready:
-                pty.handle_watch_events()
             now = time.monotonic()
-            if pty.fd in ready:
-                data = self._read_input(pty.fd, wake)
+            if data:
                 rx_done = max(rx_done, now) + len(data) * self.char_s
                 rx += data
                 if self.polled:
@@ -200,17 +124,7 @@ class LineSensorSimulator:
             if not tx and lines and lines[0][0] <= now:
                 tx += lines.popleft()[1]
                 tx_at = now + self.char_s
-            tx_at = self._send_due(pty.fd, tx, tx_at)
-
-    def _read_input(self, fd: int, wake: int) -> bytes:
-        try:
-            return os.read(fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            return b""
-        except OSError as exc:  # cannot happen while we hold the slave end; never spin on it
-            log.error("line sensor %s: read failed: %s", self.port, exc)
-            select.select([wake], [], [], 0.1)
-            return b""
+            tx_at = self._send_due(fd, tx, tx_at)
 
     def _serve_requests(self, rx: bytearray, received_at: float, lines: collections.deque[tuple[float, bytes]]) -> None:
         """Answer every complete request in ``rx`` (consumed); keep a bounded tail that may start the next one."""

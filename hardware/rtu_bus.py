@@ -27,15 +27,13 @@ import heapq
 import itertools
 import logging
 import os
-import select
-import threading
 import time
 
 from device_specs.schema import Parity
 from hardware.modbus_pdu import answer, broadcast, crc16, rtu_request_length
-from hardware.pty_port import PtyPort
 from hardware.sim_device import SimulatedDevice
 from hardware.sim_stats import SimStats
+from hardware.sim_thread import PtySimulator
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +48,14 @@ def frame_gap(baud: int, parity: str = "E", stop_bits: int = 1) -> float:
     return 0.00175 if baud > 19200 else 3.5 * char_time(baud, parity, stop_bits)
 
 
-class RtuBusSimulator:
+class RtuBusSimulator(PtySimulator):
     """Devices sharing one serial line; see the module docstring for the timing model."""
+
+    kind = "bus simulator"
 
     def __init__(self, devices: list[SimulatedDevice], baud: int = 9600, parity: str = "E", stop_bits: int = 1,
                  turnaround_ms: float = 0.0) -> None:
+        super().__init__()
         units = [d.unit_id for d in devices]
         if len(set(units)) != len(units):
             raise ValueError(f"unit ids must differ on one line; got {units}")
@@ -72,11 +73,6 @@ class RtuBusSimulator:
         self.char_s = char_time(baud, self.parity, stop_bits)
         self.gap_s = frame_gap(baud, self.parity, stop_bits)
         self.stats = SimStats()
-        self.port = ""
-        self._pty: PtyPort | None = None
-        self._wake: tuple[int, int] | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self._oversleep_s = 0.0  # how early to aim a timed write so that it lands on time
         self._pending: list[tuple[float, int, bytes]] = []  # responses by arrival time
         self._sequence = itertools.count()
@@ -86,64 +82,27 @@ class RtuBusSimulator:
         """The line settings as usually written, e.g. ``9600 8E1``."""
         return f"{self.baud} 8{self.parity}{self.stop_bits}"
 
-    def start(self) -> RtuBusSimulator:
-        if self._thread is not None:
-            raise RuntimeError("bus simulator already started")
-        self._pty = PtyPort()
-        self._wake = os.pipe()
-        self.port = self._pty.path
-        self._stopping = False
+    def _open(self) -> None:
+        super()._open()
         self._pending.clear()
-        self._thread = threading.Thread(target=self._run, name=f"rtu-bus {self.port}", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stopping = True
-        assert self._wake is not None and self._pty is not None
-        os.write(self._wake[1], b"x")
-        self._thread.join(5.0)
-        self._pty.close()
-        for fd in self._wake:
-            os.close(fd)
-        self._thread = self._pty = self._wake = None
-
-    def __enter__(self) -> RtuBusSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _thread_name(self) -> str:
+        return f"rtu-bus {self.port}"
 
     # -- the line -------------------------------------------------------------------------------
     def _run(self) -> None:
-        assert self._pty is not None and self._wake is not None
         _tight_timer_slack()
-        pty, wake = self._pty, self._wake[0]
-        master = pty.fd
-        watched = [master, wake] + ([pty.watch_fd] if pty.watch_fd is not None else [])
         buf = bytearray()
         line_free = 0.0  # when the last byte seen so far finished crossing the line
-        while not self._stopping:
+        while not self._stopping.is_set():
             deadlines = [line_free + self.gap_s] if buf else []
             if self._pending:
                 deadlines.append(self._pending[0][0] - self._oversleep_s)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready, _, _ = select.select(watched, [], [], timeout)
-            if wake in ready:
+            data = self._wait_input(timeout)
+            if data is None:
                 return
-            if pty.watch_fd in ready:
-                pty.handle_watch_events()
-            if master in ready:
-                try:
-                    data = os.read(master, 4096)
-                except (BlockingIOError, InterruptedError):
-                    data = b""
-                except OSError as exc:  # cannot happen while we hold the slave end; never spin on it
-                    log.error("rtu bus %s: read failed: %s", self.port, exc)
-                    select.select([wake], [], [], 0.1)
-                    data = b""
+            if data:
                 line_free = max(line_free, time.monotonic()) + len(data) * self.char_s
                 buf += data
             self._send_due()

@@ -10,15 +10,13 @@ replaces a pin on that point.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from device_specs.codec import decode, encode
 from device_specs.schema import DataType, DeviceSpec, Point, Table
-from hardware.faults import FaultSet
-from hardware.signal_binding import Binding, bind
-from hardware.signals import SignalModel, stable_key
+from hardware.signals import SignalModel
+from hardware.sim_points import SimulatedPoints, Value
 
 MAX_READ_BITS = 2000  # Modbus limit for functions 1/2
 MAX_READ_REGISTERS = 125  # Modbus limit for functions 3/4
@@ -42,10 +40,7 @@ class IllegalValue(ModbusError):
     code = 3
 
 
-Value = float | str | bool
-
-
-class SimulatedDevice:
+class SimulatedDevice(SimulatedPoints):
     """One Modbus device of model ``spec`` at ``unit_id``; its weather comes from ``SignalModel(seed)``.
 
     Devices built with the same seed see the same weather (one farm); each has its own sensor
@@ -58,18 +53,9 @@ class SimulatedDevice:
             raise ValueError(f"{spec.key}: interface {spec.interface.value} is not Modbus; cannot simulate it here")
         if not 1 <= unit_id <= 247:
             raise ValueError(f"unit_id must be within 1..247; got {unit_id}")
-        self.spec = spec
+        super().__init__(spec, seed, clock, signals, fault_seed=seed * 1000 + unit_id, noise_scope=str(unit_id))
         self.unit_id = unit_id
-        self.seed = seed
-        self.clock = clock
-        self.signals = signals or SignalModel(seed)
-        self.faults = FaultSet(seed=seed * 1000 + unit_id, clock=clock)
-        self.started_at = clock()  # uptime counters count from here
-        self._lock = threading.Lock()
-        self._pins: dict[str, Value] = {}
         self._written: dict[int, int] = {}  # holding address -> register written by a master
-        self._bindings: dict[str, Binding] = {p.metric: bind(p, spec.category) for p in spec.points}
-        self._noise_keys = {p.metric: stable_key(f"{unit_id}/{p.metric}") for p in spec.points}
         self._points: dict[Table, list[Point]] = {}
         for p in sorted(spec.points, key=lambda p: p.address or 0):
             if p.table is not None:
@@ -81,25 +67,8 @@ class SimulatedDevice:
         return f"SimulatedDevice({self.spec.key}, unit {self.unit_id})"
 
     # -- values ---------------------------------------------------------------------------------
-    def pin(self, metric: str, value: Value) -> None:
-        """Answer ``value`` for ``metric`` from now on (not clamped to the range: tests probe that too)."""
-        self.spec.point(metric)  # KeyError names the model and metric
-        with self._lock:
-            self._pins[metric] = value
-
-    def unpin(self, metric: str) -> None:
-        with self._lock:
-            self._pins.pop(metric, None)
-
-    def value(self, metric: str) -> Value:
-        """The physical value a master decodes for ``metric`` if it reads now."""
-        return self._value(self.spec.point(metric), self._instant())
-
-    def _instant(self) -> float:
-        stuck_at = self.faults.stuck_at
-        return self.clock() if stuck_at is None else stuck_at
-
     def _value(self, p: Point, t: float) -> Value:
+        """What a master decodes: a pin or a master's write round-trips through the registers too."""
         return decode(p, self._registers(p, t))
 
     def _registers(self, p: Point, t: float) -> list[int]:
@@ -112,18 +81,7 @@ class SimulatedDevice:
             return encode(p, pinned)
         if held is not None:
             return held
-        return self._encode_in_range(p, self._physical(p, t))
-
-    def _physical(self, p: Point, t: float) -> Value:
-        if p.type == DataType.STRING:
-            return self._text(p)
-        binding = self._bindings[p.metric]
-        if p.type == DataType.BITS:
-            return binding.signal.name == "irrigating" and self.signals.irrigating(t)
-        value = binding.value(self.signals, t, self._noise_keys[p.metric], p.range, self.started_at)
-        if p.range is not None:
-            value = min(p.range[1], max(p.range[0], value))
-        return value
+        return self._encode_in_range(p, self._measured(p, t))
 
     def _encode_in_range(self, p: Point, value: Value) -> list[int]:
         """Registers for ``value``; a value rounded out of the range by the register's step is stepped back in."""
@@ -140,6 +98,7 @@ class SimulatedDevice:
         return regs
 
     def _text(self, p: Point) -> str:
+        """A serial number unique to seed and unit, the spec's version, or the model; cut to the point's length."""
         name = p.metric
         if "serial" in name:
             text = f"SIM{self.seed:04d}{self.unit_id:03d}"

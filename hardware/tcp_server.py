@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import select
 import socket
 import struct
@@ -27,15 +26,19 @@ import threading
 from hardware.modbus_pdu import GATEWAY_TARGET_FAILED, answer, broadcast, exception_pdu
 from hardware.sim_device import SimulatedDevice
 from hardware.sim_stats import SimStats
+from hardware.sim_thread import SimulatorThread
 
 log = logging.getLogger(__name__)
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length (unit + PDU), unit
 
 
-class TcpSimulator:
+class TcpSimulator(SimulatorThread):
     """Serve ``devices`` (distinct unit ids) on ``host:port``; ``port=0`` picks a free one (see :attr:`port`)."""
 
+    kind = "TCP simulator"
+
     def __init__(self, devices: list[SimulatedDevice], host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         units = [d.unit_id for d in devices]
         if len(set(units)) != len(units):
             raise ValueError(f"unit ids must differ on one server; got {units}")
@@ -44,30 +47,19 @@ class TcpSimulator:
         self.port = port
         self.stats = SimStats()
         self._listener: socket.socket | None = None
-        self._wake: tuple[int, int] | None = None
-        self._acceptor: threading.Thread | None = None
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
 
-    def start(self) -> TcpSimulator:
-        if self._acceptor is not None:
-            raise RuntimeError("TCP simulator already started")
+    def _open(self) -> None:
         self._listener = socket.create_server((self.host, self.port))
         self.port = self._listener.getsockname()[1]
-        self._wake = os.pipe()
-        self._stopping.clear()
-        self._acceptor = threading.Thread(target=self._accept, name=f"modbus-tcp :{self.port}", daemon=True)
-        self._acceptor.start()
-        return self
 
-    def stop(self) -> None:
-        if self._acceptor is None:
-            return
-        assert self._wake is not None and self._listener is not None
-        self._stopping.set()
-        os.write(self._wake[1], b"x")
-        self._acceptor.join(5.0)
+    def _thread_name(self) -> str:
+        return f"modbus-tcp :{self.port}"
+
+    def _close(self) -> None:
+        """Shut every connection down (its thread ends at once), then stop listening."""
+        assert self._listener is not None
         with self._lock:
             open_connections = list(self._connections.items())
         for conn, thread in open_connections:
@@ -75,21 +67,15 @@ class TcpSimulator:
                 conn.shutdown(socket.SHUT_RDWR)
             thread.join(5.0)
         self._listener.close()
-        for fd in self._wake:
-            os.close(fd)
-        self._acceptor = self._listener = self._wake = None
+        self._listener = None
 
-    def __enter__(self) -> TcpSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _accept(self) -> None:
-        assert self._listener is not None and self._wake is not None
+    def _run(self) -> None:
+        """Accept connections, each served on its own thread, until stop()."""
+        assert self._listener is not None
+        wake = self._wake_fd
         while not self._stopping.is_set():
-            ready, _, _ = select.select([self._listener, self._wake[0]], [], [])
-            if self._wake[0] in ready:
+            ready, _, _ = select.select([self._listener, wake], [], [])
+            if wake in ready:
                 return
             try:
                 conn, _ = self._listener.accept()

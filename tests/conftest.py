@@ -4,22 +4,56 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 
 import pytest
 
-SHARED_MQTT_HOST = os.environ.get("FIELDTRUST_TEST_MQTT_HOST", "127.0.0.1")
-SHARED_MQTT_PORT = int(os.environ.get("FIELDTRUST_TEST_MQTT_PORT", "1883"))
+TEST_MQTT_URL = os.environ.get("FIELDTRUST_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 
 
 @pytest.fixture(scope="session")
-def shared_broker() -> tuple[str, int]:
-    """The machine's shared Mosquitto (never stopped or reconfigured by a test)."""
+def shared_broker(tmp_path_factory: pytest.TempPathFactory):
+    """The broker tests share: FIELDTRUST_TEST_MQTT_URL, else the machine's Mosquitto on 1883.
+
+    Never stopped or reconfigured by a test (those start private brokers).  On a machine where
+    nothing listens there, a private broker is started for the session (Mosquitto when the binary
+    is installed, else amqtt).  Yields ``(host, port)``.
+    """
+    from urllib.parse import urlsplit
+
+    url = urlsplit(TEST_MQTT_URL)
+    host, port = url.hostname or "127.0.0.1", url.port or 1883
     try:
-        with socket.create_connection((SHARED_MQTT_HOST, SHARED_MQTT_PORT), timeout=2):
+        with socket.create_connection((host, port), timeout=2):
             pass
-    except OSError as exc:
-        pytest.fail(f"the shared MQTT broker {SHARED_MQTT_HOST}:{SHARED_MQTT_PORT} is not running: {exc}")
-    return SHARED_MQTT_HOST, SHARED_MQTT_PORT
+    except OSError:
+        from fieldtrust.services.broker import start_local_broker
+
+        with start_local_broker(tmp_path_factory.mktemp("shared-broker")) as broker:
+            yield broker.host, broker.port
+        return
+    yield host, port
+
+
+@pytest.fixture
+def ids() -> dict:
+    """Names and keys unique to this test (tenant, gateway, node), so parallel runs never share topics."""
+    tag = uuid.uuid4().hex[:8]
+    return {"tenant": f"t-{tag}", "gw": f"gw-{tag}", "key": os.urandom(32), "node": f"node-{tag}",
+            "node_key": os.urandom(32)}
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A private Mosquitto for one test module, playing a gateway's local broker.
+
+    Node topics (``ft/v1/node/+/...``) are the same for every gateway, so what a test counts on
+    the shared broker could include other tests' nodes.
+    """
+    from fieldtrust.services.mosquitto import PrivateMosquitto
+
+    with PrivateMosquitto(tmp_path_factory.mktemp("private-broker")) as mq:
+        yield mq
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------

@@ -6,16 +6,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-from support.readings import node_frame
+from support.nodes import Node
+from support.waiting import wait_until
 
-from contract import topics
 from device_specs.registry import get_spec
 from edge_agent.agent import Agent
 from edge_agent.config import parse_config
@@ -28,20 +25,6 @@ from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator
 
 REPO = Path(__file__).resolve().parents[1]
-NODE_KEY = os.urandom(32)
-
-
-@pytest.fixture(scope="module")
-def local_broker(tmp_path_factory):
-    """The gateway's local broker (private: node topics are the same for every gateway)."""
-    with PrivateMosquitto(tmp_path_factory.mktemp("local-broker")) as mq:
-        yield mq
-
-
-@pytest.fixture
-def ids():
-    tag = uuid.uuid4().hex[:8]
-    return {"tenant": f"t-{tag}", "gw": f"gw-{tag}", "key": os.urandom(32), "node": f"node-{tag}"}
 
 
 def agent_config(ids, tmp_path: Path, cloud: tuple[str, int], local: PrivateMosquitto | None, **sections) -> dict:
@@ -64,38 +47,8 @@ def rtu_bus(port: str, *devices: tuple[str, str, int]) -> dict:
 
 
 def peer_for(ids, broker, **kw) -> CloudPeer:
-    return CloudPeer(broker[0], broker[1], ids["tenant"], ids["gw"], ids["key"], node_keys={ids["node"]: NODE_KEY},
-                     **kw)
-
-
-class NodeSim:
-    """A sensor node publishing signed frames to the gateway's local broker."""
-
-    def __init__(self, broker: PrivateMosquitto, node: str) -> None:
-        self.node = node
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{node}-{uuid.uuid4().hex[:4]}",
-                                  protocol=paho.MQTTv5)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-
-    def send(self, seqs, value: float = 21.5) -> None:
-        sent = [self.client.publish(topics.node(self.node, "up"), node_frame(NODE_KEY, self.node, seq, value), qos=1)
-                for seq in seqs]
-        for info in sent:
-            info.wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return CloudPeer(broker[0], broker[1], ids["tenant"], ids["gw"], ids["key"],
+                     node_keys={ids["node"]: ids["node_key"]}, **kw)
 
 
 def device_seqs(peer: CloudPeer, dev: str) -> list[int]:
@@ -142,7 +95,7 @@ def test_a_bad_config_exits_2_naming_the_field(tmp_path, text, names):
 # -- in-process agent ---------------------------------------------------------------------------
 
 
-def test_readings_and_node_frames_arrive_at_the_cloud(shared_broker, local_broker, ids, tmp_path):
+def test_readings_and_node_frames_arrive_at_the_cloud(shared_broker, private_broker, ids, tmp_path):
     soil = SimulatedDevice(get_spec("jxct-soil-7in1"), unit_id=1, seed=3)
     soil.pin("soil_moisture", 23.4)
     soil.pin("soil_temperature", -1.5)
@@ -152,15 +105,15 @@ def test_readings_and_node_frames_arrive_at_the_cloud(shared_broker, local_broke
         buses = [rtu_bus(sim.port, ("soil-1", "jxct-soil-7in1", 1)),
                  {"id": "tcp", "kind": "tcp", "host": "127.0.0.1", "tcp_port": tcp.port,
                   "devices": [{"id": "soil-tcp", "spec": "jxct-soil-7in1", "unit": 7, "poll_interval_s": 0.3}]}]
-        cfg = parse_config(yaml.safe_dump(agent_config(ids, tmp_path, shared_broker, local_broker, buses=buses)))
+        cfg = parse_config(yaml.safe_dump(agent_config(ids, tmp_path, shared_broker, private_broker, buses=buses)))
         agent = Agent(cfg, clock_synced=lambda: True)
-        node = NodeSim(local_broker, ids["node"])
+        node = Node(private_broker, ids["node"], ids["node_key"])
         with peer_for(ids, shared_broker) as peer:
             agent.start()
             try:
                 assert wait_until(lambda: agent.intake.link.connected)
                 time.sleep(0.2)
-                node.send(range(5))
+                node.send_frames(range(5))
                 assert peer.wait_for(lambda p: len(device_seqs(p, "soil-1")) >= 3 and len(p.stored.node_signed) == 5
                                      and len(device_seqs(p, "soil-tcp")) >= 3)
                 assert peer.wait_for(lambda p: any(h.devices.get(ids["node"]) for h in p.health))
@@ -178,17 +131,17 @@ def test_readings_and_node_frames_arrive_at_the_cloud(shared_broker, local_broke
     assert health.counters["intake.accepted"] == 5 and health.rss_mb and health.disk_free_mb
 
 
-def test_a_full_outbox_drops_the_oldest_and_says_so_in_health(shared_broker, local_broker, ids, tmp_path):
+def test_a_full_outbox_drops_the_oldest_and_says_so_in_health(shared_broker, private_broker, ids, tmp_path):
     cfg = parse_config(yaml.safe_dump(agent_config(
-        ids, tmp_path, shared_broker, local_broker, outbox={"max_bytes": 65536}, uplink={"receipt_timeout_s": 60})))
+        ids, tmp_path, shared_broker, private_broker, outbox={"max_bytes": 65536}, uplink={"receipt_timeout_s": 60})))
     agent = Agent(cfg, clock_synced=lambda: True)
-    node = NodeSim(local_broker, ids["node"])
+    node = Node(private_broker, ids["node"], ids["node_key"])
     with peer_for(ids, shared_broker, withhold=True) as peer:
         agent.start()
         try:
             assert wait_until(lambda: agent.intake.link.connected)
             time.sleep(0.2)
-            node.send(range(400))  # ~250 bytes each: half as much again as the outbox may hold
+            node.send_frames(range(400))  # ~250 bytes each: half as much again as the outbox may hold
             # every frame captured (kept or dropped) before the agent stops, however loaded the machine
             assert wait_until(lambda: agent.outbox.stats().captured == 400, timeout=30)
             assert peer.wait_for(lambda p: bool(p.health) and p.health[-1].outbox.dropped > 0, timeout=15)
@@ -214,24 +167,24 @@ def start_agent(config: Path, log: Path) -> subprocess.Popen:
                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
-def test_kill_9_mid_batch_then_restart_loses_nothing(shared_broker, local_broker, ids, tmp_path):
+def test_kill_9_mid_batch_then_restart_loses_nothing(shared_broker, private_broker, ids, tmp_path):
     soil = SimulatedDevice(get_spec("jxct-soil-7in1"), unit_id=1, seed=4)
     soil.pin("soil_moisture", 31.0)
     log = tmp_path / "agent.log"
     with RtuBusSimulator([soil], baud=9600, parity="E") as sim:
         config = tmp_path / "gateway.yaml"
         config.write_text(yaml.safe_dump(agent_config(
-            ids, tmp_path, shared_broker, local_broker, buses=[rtu_bus(sim.port, ("soil-1", "jxct-soil-7in1", 1))])))
-        node = NodeSim(local_broker, ids["node"])
+            ids, tmp_path, shared_broker, private_broker, buses=[rtu_bus(sim.port, ("soil-1", "jxct-soil-7in1", 1))])))
+        node = Node(private_broker, ids["node"], ids["node_key"])
         with peer_for(ids, shared_broker, withhold=True) as peer:
             agent = start_agent(config, log)
             try:
                 assert peer.wait_for(lambda p: any(x.k == "birth" for x in p.presence), timeout=20), log.read_text()
                 time.sleep(0.5)  # the intake subscribes
-                node.send(range(20))
+                node.send_frames(range(20))
                 assert peer.wait_for(lambda p: len(p.stored.node_signed) == 20 and p.counts["batches"] >= 3)
                 processes.kill9(agent)  # batches in flight, none receipted
-                node.send(range(20, 30))  # queued by the local broker for the agent's session
+                node.send_frames(range(20, 30))  # queued by the local broker for the agent's session
                 peer.withhold = False
                 agent = start_agent(config, log)
                 assert peer.wait_for(lambda p: len(p.stored.node_signed) == 30, timeout=20), log.read_text()

@@ -6,12 +6,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
+from support.nodes import Publisher
 from support.readings import node_frame
+from support.waiting import wait_until
 
 from contract import models, topics
 from contract.telemetry import encode_body, sign
@@ -21,14 +20,6 @@ from edge_agent.outbox import Item, Outbox
 from fieldtrust.services.mosquitto import PrivateMosquitto
 
 KEY = os.urandom(32)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    # a private broker: node topics are global (ft/v1/node/+/up), so counts on the shared one
-    # could include other tests' nodes
-    with PrivateMosquitto(tmp_path_factory.mktemp("intake-broker")) as mq:
-        yield mq
 
 
 @pytest.fixture
@@ -49,35 +40,11 @@ def items(box: Outbox) -> list[Item]:
     return out
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-class Publisher:
-    def __init__(self, broker: PrivateMosquitto) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"node-sim-{uuid.uuid4().hex[:8]}",
-                                  protocol=paho.MQTTv5)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def test_frames_through_the_broker_are_captured_verbatim_and_checked(broker, box):
+def test_frames_through_the_broker_are_captured_verbatim_and_checked(private_broker, box):
     node = f"node-{uuid.uuid4().hex[:6]}"
-    intake = make_intake(box, broker)
+    intake = make_intake(box, private_broker)
     intake.start()
-    pub = Publisher(broker)
+    pub = Publisher(private_broker)
     try:
         assert wait_until(lambda: intake.link.connected)
         time.sleep(0.2)  # SUBACK
@@ -95,7 +62,7 @@ def test_frames_through_the_broker_are_captured_verbatim_and_checked(broker, box
     finally:
         pub.close()
         intake.stop()
-        pub = Publisher(broker)
+        pub = Publisher(private_broker)
         pub.send(topics.node(node, "state"), b"", retain=True)  # clear the retained birth
         pub.close()
     assert dict(intake.counters) == {
@@ -168,13 +135,13 @@ def test_rejections_are_logged_once_per_reason_and_node(box, caplog):
     assert len(caplog.records) == 2
 
 
-def test_a_frame_is_acknowledged_only_after_it_is_stored(broker, tmp_path):
+def test_a_frame_is_acknowledged_only_after_it_is_stored(private_broker, tmp_path):
     node = f"node-{uuid.uuid4().hex[:6]}"
     broken = Outbox(tmp_path / "broken.db", 1 << 20)
     broken.close()  # every capture now raises: like a disk that fails under the outbox
-    intake = make_intake(broker=broker, box=broken)
+    intake = make_intake(broker=private_broker, box=broken)
     intake.start()
-    pub = Publisher(broker)
+    pub = Publisher(private_broker)
     try:
         assert wait_until(lambda: intake.link.connected)
         time.sleep(0.2)

@@ -3,7 +3,6 @@ and the gateway agent and the cloud peer working over either (the demo on amqtt:
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +15,9 @@ import psutil
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
-from support.readings import SW, capture_reading, node_frame
+from support.nodes import Node
+from support.readings import SW, capture_reading
+from support.waiting import wait_until
 
 from contract import models, topics
 from contract.telemetry import sign
@@ -44,25 +45,9 @@ def amqtt(tmp_path_factory):
         yield broker
 
 
-@pytest.fixture
-def ids():
-    tag = uuid.uuid4().hex[:8]
-    return {"tenant": f"t-{tag}", "gw": f"gw-{tag}", "key": os.urandom(32), "node": f"node-{tag}",
-            "node_key": os.urandom(32)}
-
-
 def peer_for(ids, broker: AmqttBroker, **kw) -> CloudPeer:
     return CloudPeer(broker.host, broker.port, ids["tenant"], ids["gw"], ids["key"],
                      node_keys={ids["node"]: ids["node_key"]}, protocol=broker.protocol, **kw)
-
-
-def wait_until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def gone(pid: int) -> bool:
@@ -71,27 +56,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-class Node:
-    """A sensor node on MQTT 3.1.1 (what the firmware's client speaks), publishing signed frames."""
-
-    def __init__(self, broker: AmqttBroker, ids: dict) -> None:
-        self.node, self.key = ids["node"], ids["node_key"]
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.node}-{uuid.uuid4().hex[:4]}",
-                                  protocol=paho.MQTTv311)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-
-    def send(self, seqs) -> None:
-        infos = [self.client.publish(topics.node(self.node, "up"), node_frame(self.key, self.node, s), qos=1)
-                 for s in seqs]
-        for info in infos:
-            info.wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def agent_config(ids, tmp_path: Path, broker: AmqttBroker, rtu_port: str) -> dict:
@@ -220,12 +184,12 @@ def test_gateway_readings_and_node_frames_reach_the_cloud_over_mqtt_311(amqtt, i
     with RtuBusSimulator([soil], baud=9600, parity="E") as sim:
         cfg = parse_config(yaml.safe_dump(agent_config(ids, tmp_path, amqtt, sim.port)))
         agent = Agent(cfg, clock_synced=lambda: True)
-        node = Node(amqtt, ids)
+        node = Node(amqtt, ids["node"], ids["node_key"])  # MQTT 3.1.1, as the firmware speaks
         with peer_for(ids, amqtt) as peer:
             agent.start()
             try:
                 assert agent.intake is not None and wait_until(lambda: agent.intake.link.connected)
-                node.send(range(5))
+                node.send_frames(range(5))
                 assert peer.wait_for(lambda p: len(p.stored.node_signed) == 5 and len(soil_seqs(p)) >= 3)
                 assert peer.wait_for(lambda p: any(h.devices.get(ids["node"]) for h in p.health))
                 assert wait_until(lambda: agent.uplink.counters["items_confirmed"] >= 8)  # receipts came back
@@ -242,18 +206,18 @@ def test_an_agent_restart_over_mqtt_311_loses_nothing(amqtt, ids, tmp_path):
     soil = SimulatedDevice(get_spec("jxct-soil-7in1"), unit_id=1, seed=6)
     with RtuBusSimulator([soil], baud=9600, parity="E") as sim:
         cfg = parse_config(yaml.safe_dump(agent_config(ids, tmp_path, amqtt, sim.port)))
-        node = Node(amqtt, ids)
+        node = Node(amqtt, ids["node"], ids["node_key"])  # MQTT 3.1.1, as the firmware speaks
         with peer_for(ids, amqtt) as peer:
             agent = Agent(cfg, clock_synced=lambda: True)
             agent.start()
             try:
                 assert agent.intake is not None and wait_until(lambda: agent.intake.link.connected)
-                node.send(range(5))
+                node.send_frames(range(5))
                 assert peer.wait_for(lambda p: len(p.stored.node_signed) == 5 and len(soil_seqs(p)) >= 2)
             finally:
                 agent.stop()
             # the agent is away: amqtt queues these for its persistent intake session
-            node.send(range(5, 12))
+            node.send_frames(range(5, 12))
             agent = Agent(cfg, clock_synced=lambda: True)
             agent.start()
             try:

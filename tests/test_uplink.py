@@ -6,7 +6,6 @@ import math
 import os
 import threading
 import time
-import uuid
 
 import pytest
 from support.readings import SW, capture_reading, node_frame
@@ -20,12 +19,6 @@ from fieldtrust.services.mosquitto import PrivateMosquitto
 from hardware.cloud_peer import CloudPeer
 
 FAST = {"batch_max_wait_s": 0.05, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "session_expiry_s": 60}
-
-
-@pytest.fixture
-def ids():
-    tag = uuid.uuid4().hex[:8]
-    return {"tenant": f"t-{tag}", "gw": f"gw-{tag}", "key": os.urandom(32)}
 
 
 def make_uplink(ids, box: Outbox, host: str, port: int, **cfg) -> Uplink:

@@ -12,8 +12,12 @@ from typing import Literal
 
 import psycopg
 from psycopg_pool import ConnectionPool
+from pydantic import ConfigDict
 
 Backend = Literal["timescale", "postgres"]
+
+#: ``__pydantic_config__`` of the row types the API answers with: their fields' docstrings describe the fields
+ROW_SCHEMA = ConfigDict(use_attribute_docstrings=True)
 
 APPLICATION_NAME = "fieldtrust"
 _SESSION_OPTIONS = "-c TimeZone=UTC"

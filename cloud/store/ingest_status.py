@@ -12,9 +12,14 @@ from datetime import datetime
 import psycopg
 from psycopg.rows import class_row
 
+from cloud.store.db import ROW_SCHEMA
+
 
 @dataclass(frozen=True)
 class BatchTotals:
+    """Committed batches and what their readings came to."""
+
+    __pydantic_config__ = ROW_SCHEMA
     batches: int
     readings: int
     duplicates: int

@@ -5,6 +5,9 @@ Every function takes a psycopg connection and leaves committing to its caller (a
 ``conn.transaction()``.  Tenancy is enforced here, not in the routes: a farm, gateway or device
 is found only within the tenant given, so a reference to another tenant's row is refused as
 unknown.  Keys are stored encrypted (:mod:`cloud.keys`), MQTT passwords only as Mosquitto hashes.
+
+The row types below never carry a key or a password hash (their queries do not select them):
+the API answers with them as they are, and documents their fields from their docstrings.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +23,12 @@ from typing import TypeVar
 
 import psycopg
 from psycopg import errors
+from psycopg.abc import Query
 from psycopg.rows import class_row
 
 from cloud.broker_acl import BrokerAccount, check_username, hash_password
 from cloud.keys import OWNER_KINDS, decrypt_key, encrypt_key
+from cloud.store.db import ROW_SCHEMA
 from contract import topics
 
 FIRST_EPOCH = 1  # the edge agent's default ``gateway.key_epoch``
@@ -49,6 +54,9 @@ class Invalid(RegistryError):
 
 @dataclass(frozen=True)
 class Tenant:
+    """An organisation whose farms, gateways and devices no other tenant can see."""
+
+    __pydantic_config__ = ROW_SCHEMA
     id: str
     name: str
     created_at: datetime
@@ -56,6 +64,9 @@ class Tenant:
 
 @dataclass(frozen=True)
 class Farm:
+    """A farm of a tenant."""
+
+    __pydantic_config__ = ROW_SCHEMA
     id: str
     tenant_id: str
     name: str
@@ -68,6 +79,9 @@ class Farm:
 
 @dataclass(frozen=True)
 class Gateway:
+    """A gateway: it attests its bus devices' readings and carries its nodes' frames to the cloud."""
+
+    __pydantic_config__ = ROW_SCHEMA
     id: str
     tenant_id: str
     farm_id: str | None
@@ -75,24 +89,34 @@ class Gateway:
     mqtt_username: str | None
     created_at: datetime
     last_seen_at: datetime | None
-    key_epoch: int | None  # the newest epoch not revoked; None when every key is revoked
+    key_epoch: int | None
+    """the newest key epoch not revoked; null when every key is revoked"""
 
 
 @dataclass(frozen=True)
 class Device:
+    """A sensor node (signs its own frames) or a bus device behind a gateway (attested by it)."""
+
+    __pydantic_config__ = ROW_SCHEMA
     id: str
     tenant_id: str
     farm_id: str | None
     gateway_id: str | None
     kind: str
+    """node or bus"""
     spec_key: str | None
+    """the device spec as model@version"""
     created_at: datetime
     last_seen_at: datetime | None
-    key_epoch: int | None  # nodes only: bus devices are attested with their gateway's key
+    key_epoch: int | None
+    """nodes only, the newest key epoch not revoked: bus devices are attested with their gateway's key"""
 
 
 @dataclass(frozen=True)
 class KeyEpoch:
+    """One epoch of a gateway's or a node's HMAC key (never the key itself)."""
+
+    __pydantic_config__ = ROW_SCHEMA
     owner_kind: str
     owner_id: str
     epoch: int
@@ -135,17 +159,12 @@ def register_tenant(conn: psycopg.Connection, tenant_id: str, name: str) -> Tena
 
 
 def get_tenant(conn: psycopg.Connection, tenant_id: str) -> Tenant:
-    with conn.cursor(row_factory=class_row(Tenant)) as cur:
-        cur.execute("SELECT id, name, created_at FROM ft.tenants WHERE id = %s", (tenant_id,))
-        row = cur.fetchone()
-    if row is None:
-        raise NotFound(f"tenant {tenant_id!r} not found")
-    return row
+    return _found(conn, Tenant, "SELECT id, name, created_at FROM ft.tenants WHERE id = %s", (tenant_id,),
+                  f"tenant {tenant_id!r} not found")
 
 
 def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
-    with conn.cursor(row_factory=class_row(Tenant)) as cur:
-        return cur.execute("SELECT id, name, created_at FROM ft.tenants ORDER BY id").fetchall()
+    return _all(conn, Tenant, "SELECT id, name, created_at FROM ft.tenants ORDER BY id")
 
 
 _FARM = "SELECT id, tenant_id, name, latitude, longitude, area_ha, crop, created_at FROM ft.farms"
@@ -168,17 +187,13 @@ def register_farm(
 
 
 def get_farm(conn: psycopg.Connection, tenant: str, farm_id: str) -> Farm:
-    with conn.cursor(row_factory=class_row(Farm)) as cur:
-        row = cur.execute(_FARM + " WHERE tenant_id = %s AND id = %s", (tenant, farm_id)).fetchone()
-    if row is None:
-        raise NotFound(f"farm {farm_id!r} not found in tenant {tenant!r}")
-    return row
+    return _found(conn, Farm, _FARM + " WHERE tenant_id = %s AND id = %s", (tenant, farm_id),
+                  f"farm {farm_id!r} not found in tenant {tenant!r}")
 
 
 def list_farms(conn: psycopg.Connection, tenant: str) -> list[Farm]:
     get_tenant(conn, tenant)
-    with conn.cursor(row_factory=class_row(Farm)) as cur:
-        return cur.execute(_FARM + " WHERE tenant_id = %s ORDER BY id", (tenant,)).fetchall()
+    return _all(conn, Farm, _FARM + " WHERE tenant_id = %s ORDER BY id", (tenant,))
 
 
 # -- gateways ------------------------------------------------------------------------------------
@@ -220,11 +235,8 @@ def register_gateway(
 
 
 def get_gateway(conn: psycopg.Connection, tenant: str, gateway_id: str) -> Gateway:
-    with conn.cursor(row_factory=class_row(Gateway)) as cur:
-        row = cur.execute(_GATEWAY + " WHERE g.tenant_id = %s AND g.id = %s", (tenant, gateway_id)).fetchone()
-    if row is None:
-        raise NotFound(f"gateway {gateway_id!r} not found in tenant {tenant!r}")
-    return row
+    return _found(conn, Gateway, _GATEWAY + " WHERE g.tenant_id = %s AND g.id = %s", (tenant, gateway_id),
+                  f"gateway {gateway_id!r} not found in tenant {tenant!r}")
 
 
 def list_gateways(conn: psycopg.Connection, tenant: str, farm_id: str | None = None) -> list[Gateway]:
@@ -233,8 +245,7 @@ def list_gateways(conn: psycopg.Connection, tenant: str, farm_id: str | None = N
     if farm_id is not None:
         get_farm(conn, tenant, farm_id)
         query, params = query + " AND g.farm_id = %s", params + [farm_id]
-    with conn.cursor(row_factory=class_row(Gateway)) as cur:
-        return cur.execute(query + " ORDER BY g.id", params).fetchall()
+    return _all(conn, Gateway, query + " ORDER BY g.id", params)
 
 
 def set_gateway_password(conn: psycopg.Connection, tenant: str, gateway_id: str, mqtt_password: str) -> Gateway:
@@ -305,11 +316,8 @@ def register_device(
 
 
 def get_device(conn: psycopg.Connection, tenant: str, device_id: str) -> Device:
-    with conn.cursor(row_factory=class_row(Device)) as cur:
-        row = cur.execute(_DEVICE + " WHERE d.tenant_id = %s AND d.id = %s", (tenant, device_id)).fetchone()
-    if row is None:
-        raise NotFound(f"device {device_id!r} not found in tenant {tenant!r}")
-    return row
+    return _found(conn, Device, _DEVICE + " WHERE d.tenant_id = %s AND d.id = %s", (tenant, device_id),
+                  f"device {device_id!r} not found in tenant {tenant!r}")
 
 
 def list_devices(
@@ -323,8 +331,7 @@ def list_devices(
     if gateway_id is not None:
         get_gateway(conn, tenant, gateway_id)
         query, params = query + " AND d.gateway_id = %s", params + [gateway_id]
-    with conn.cursor(row_factory=class_row(Device)) as cur:
-        return cur.execute(query + " ORDER BY d.id", params).fetchall()
+    return _all(conn, Device, query + " ORDER BY d.id", params)
 
 
 # -- keys ----------------------------------------------------------------------------------------
@@ -372,26 +379,24 @@ def rotate_key(
 def revoke_key(conn: psycopg.Connection, tenant: str, owner_kind: str, owner_id: str, epoch: int) -> KeyEpoch:
     """Mark one epoch revoked (kept, so old frames stay explainable); revoking twice keeps the first time."""
     _check_owner_kind(owner_kind)
-    with conn.cursor(row_factory=class_row(KeyEpoch)) as cur:
-        row = cur.execute(
-            "UPDATE ft.keys SET revoked_at = coalesce(revoked_at, now())"
-            " WHERE tenant_id = %s AND owner_kind = %s AND owner_id = %s AND epoch = %s"
-            " RETURNING owner_kind, owner_id, epoch, created_at, revoked_at",
-            (tenant, owner_kind, owner_id, epoch),
-        ).fetchone()
-    if row is None:
-        raise NotFound(f"{owner_kind} {owner_id!r} has no key epoch {epoch} in tenant {tenant!r}")
-    return row
+    return _found(
+        conn, KeyEpoch,
+        "UPDATE ft.keys SET revoked_at = coalesce(revoked_at, now())"
+        " WHERE tenant_id = %s AND owner_kind = %s AND owner_id = %s AND epoch = %s"
+        " RETURNING owner_kind, owner_id, epoch, created_at, revoked_at",
+        (tenant, owner_kind, owner_id, epoch),
+        f"{owner_kind} {owner_id!r} has no key epoch {epoch} in tenant {tenant!r}",
+    )
 
 
 def list_keys(conn: psycopg.Connection, tenant: str, owner_kind: str, owner_id: str) -> list[KeyEpoch]:
     """The owner's key epochs (never the keys)."""
-    with conn.cursor(row_factory=class_row(KeyEpoch)) as cur:
-        return cur.execute(
-            "SELECT owner_kind, owner_id, epoch, created_at, revoked_at FROM ft.keys"
-            " WHERE tenant_id = %s AND owner_kind = %s AND owner_id = %s ORDER BY epoch",
-            (tenant, owner_kind, owner_id),
-        ).fetchall()
+    return _all(
+        conn, KeyEpoch,
+        "SELECT owner_kind, owner_id, epoch, created_at, revoked_at FROM ft.keys"
+        " WHERE tenant_id = %s AND owner_kind = %s AND owner_id = %s ORDER BY epoch",
+        (tenant, owner_kind, owner_id),
+    )
 
 
 def key_for(
@@ -502,6 +507,21 @@ def broker_accounts(conn: psycopg.Connection) -> list[BrokerAccount]:
     accounts += [BrokerAccount(username=u, password_hash=h, role="gateway", tenant_id=t, gateway_id=g)
                  for u, h, t, g in gateways.fetchall()]
     return accounts
+
+
+def _found(conn: psycopg.Connection, row_type: type[T], query: Query, params: Sequence[object], missing: str) -> T:
+    """The row ``query`` finds, as ``row_type``; NotFound saying ``missing`` when there is none."""
+    with conn.cursor(row_factory=class_row(row_type)) as cur:
+        row = cur.execute(query, params).fetchone()
+    if row is None:
+        raise NotFound(missing)
+    return row
+
+
+def _all(conn: psycopg.Connection, row_type: type[T], query: Query, params: Sequence[object] = ()) -> list[T]:
+    """Every row ``query`` finds, as ``row_type``."""
+    with conn.cursor(row_factory=class_row(row_type)) as cur:
+        return cur.execute(query, params).fetchall()
 
 
 def _one(row: T | None) -> T:

@@ -30,6 +30,7 @@ from typing import Literal
 import psycopg
 from psycopg import sql
 
+from cloud.store.db import ROW_SCHEMA
 from cloud.store.rollups import DAY, HOUR, ORIGIN, ceil, floor
 
 RAW_UP_TO = timedelta(days=2)
@@ -53,22 +54,33 @@ class NotFound(LookupError):
 
 @dataclass(frozen=True)
 class Point:
-    ts: datetime  # the reading's time, or the start of its bucket
-    value: float | None  # the reading, or the bucket's mean; None in a gap
+    """One point of a series: a raw reading, or one bucket's numbers."""
+
+    __pydantic_config__ = ROW_SCHEMA
+    ts: datetime
+    """the reading's time, or the start of its bucket"""
+    value: float | None
+    """the reading, or the bucket's mean; null in a gap"""
     min: float | None
     max: float | None
-    n: int  # readings behind the point: 1 for a raw reading, 0 for a gap or a filled bucket
+    n: int
+    """readings behind the point: 1 for a raw reading, 0 for a gap or a filled bucket"""
 
 
 @dataclass(frozen=True)
 class Latest:
+    """The most recent reading of one of a device's metrics."""
+
+    __pydantic_config__ = ROW_SCHEMA
     metric: str
     unit: str
     ts: datetime
     value: float | None
     value_text: str | None
     quality: int
+    """quality bit flags (contract Q_*); 0 is good"""
     trust: int
+    """1 node-signed, 2 gateway-attested"""
 
 
 def choose_bucket(start: datetime, end: datetime) -> Literal["raw"] | timedelta:

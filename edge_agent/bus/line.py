@@ -1,8 +1,9 @@
 """A serial line-protocol sensor on its own port (pyserial): send the request if there is one, read text lines.
 
-Waiting uses ``poll()`` on the port and looks at the abort flag every ABORT_CHECK_S, as the RTU
-transport does, so a stopping bus never waits out a timeout; pyserial's ``read_until`` would block
-for the whole timeout and could not tell noise from a reading.
+Waiting uses ``poll()`` on the port and looks at the abort flag every ABORT_CHECK_S (the
+:class:`~edge_agent.bus.serial_port.SerialPort` the RTU transport uses too), so a stopping bus
+never waits out a timeout; pyserial's ``read_until`` would block for the whole timeout and could
+not tell noise from a reading.
 
 Polled sensors: stale input is thrown away, the request goes out, and lines are read until one is
 a reading or the timeout passes.  Free-running sensors talk unasked, and what waits in the input
@@ -17,10 +18,6 @@ MAX_LINE without a terminator are noise too, and the next terminator resynchroni
 
 from __future__ import annotations
 
-import contextlib
-import select
-import termios
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,13 +25,11 @@ from typing import TypeVar
 
 import serial
 
-from edge_agent.bus.transport import ABORT_CHECK_S, Cancelled, FrameError, LinkError, Timeout
+from edge_agent.bus.serial_port import SerialPort
+from edge_agent.bus.transport import FrameError, LinkError, Timeout
 
 T = TypeVar("T")
 
-_PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
-_STOP = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
-_BYTESIZE = {7: serial.SEVENBITS, 8: serial.EIGHTBITS}
 MAX_LINE = 512
 #: a line still arriving when the timeout passes may finish while its bytes keep coming this close together
 _QUIET_CHARS, _MIN_QUIET_S = 10, 0.02
@@ -46,9 +41,7 @@ class LineTransport:
     """One serial port with one line sensor.  Not thread-safe: the bus scheduler's thread is its only user."""
 
     def __init__(self, port: str, baud: int = 9600, parity: str = "N", stop_bits: int = 1, data_bits: int = 8) -> None:
-        if parity not in _PARITY or stop_bits not in _STOP or data_bits not in _BYTESIZE:
-            raise ValueError(f"parity must be N, E or O, stop_bits 1 or 2, data_bits 7 or 8; "
-                             f"got {parity!r}, {stop_bits!r}, {data_bits!r}")
+        self._port = SerialPort(port, baud, parity, stop_bits, data_bits)
         self.port = port
         self.baud = baud
         self.parity = parity
@@ -57,49 +50,23 @@ class LineTransport:
         self.char_s = (1 + data_bits + (parity != "N") + stop_bits) / baud
         self.description = f"serial {port} {baud} {data_bits}{parity}{stop_bits}"
         self.counters: Counter[str] = Counter(dict.fromkeys(LINE_COUNTERS, 0))
-        self._ser: serial.Serial | None = None
-        self._poll: select.poll | None = None
         self._synced = False  # the last byte seen ended a line, so the next byte starts one
         self._last_byte = 0.0
-        self._aborted = threading.Event()
 
     def abort(self) -> None:
         """From any thread: end a waiting read with Cancelled and refuse new ones (shutdown)."""
-        self._aborted.set()
+        self._port.abort()
 
     # -- port -------------------------------------------------------------------------------
     def _open(self) -> serial.Serial:
-        if self._ser is None:
-            try:
-                ser = serial.Serial(self.port, self.baud, bytesize=_BYTESIZE[self.data_bits],
-                                    parity=_PARITY[self.parity], stopbits=_STOP[self.stop_bits], timeout=0,
-                                    exclusive=True)
-            except (serial.SerialException, OSError, ValueError, termios.error) as exc:
-                raise LinkError(f"{self.port}: cannot open: {exc}") from None
-            self._poll = select.poll()
-            self._poll.register(ser.fileno(), select.POLLIN)
-            self._ser = ser
+        if self._port.serial is None:
+            ser = self._port.open()
             self._synced = False  # we may join the sensor in the middle of a line
-        return self._ser
+            return ser
+        return self._port.serial
 
     def close(self) -> None:
-        if self._ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                self._ser.close()
-            self._ser = None
-            self._poll = None
-
-    def _wait_readable(self, seconds: float) -> bool:
-        assert self._poll is not None
-        end = time.monotonic() + seconds
-        while True:
-            if self._aborted.is_set():
-                raise Cancelled(f"{self.port}: aborted")
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            if self._poll.poll(min(left, ABORT_CHECK_S) * 1000):
-                return True
+        self._port.close()
 
     # -- one reading --------------------------------------------------------------------------
     def read_line(self, request: bytes | None, terminator: bytes, accept: Callable[[bytes], T | None],
@@ -117,8 +84,7 @@ class LineTransport:
 
     def _read_line(self, request: bytes | None, terminator: bytes, accept: Callable[[bytes], T | None],
                    timeout_s: float) -> tuple[T, float]:
-        if self._aborted.is_set():
-            raise Cancelled(f"{self.port}: aborted")
+        self._port.check_aborted()
         ser = self._open()
         self._discard_buffered(ser, terminator)
         t0 = time.monotonic()
@@ -135,7 +101,7 @@ class LineTransport:
         while found is None:
             now = time.monotonic()
             wait = max(deadline, self._last_byte + quiet_s) - now if buf else deadline - now
-            if wait <= 0 or not self._wait_readable(wait):
+            if wait <= 0 or not self._port.wait_readable(wait):
                 break
             buf += ser.read(max(1, ser.in_waiting))
             self._last_byte = time.monotonic()

@@ -14,10 +14,6 @@ drained until the line is quiet, so the next transaction starts on a frame bound
 
 from __future__ import annotations
 
-import contextlib
-import select
-import termios
-import threading
 import time
 
 import serial
@@ -25,10 +21,9 @@ from pymodbus.exceptions import NotImplementedException
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
 
-from edge_agent.bus.transport import ABORT_CHECK_S, Cancelled, CrcError, FrameError, LinkError, Reply, Timeout
+from edge_agent.bus.serial_port import SerialPort
+from edge_agent.bus.transport import CrcError, FrameError, LinkError, Reply, Timeout
 
-_PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
-_STOP = {1: serial.STOPBITS_ONE, 2: serial.STOPBITS_TWO}
 _EXCEPTION_FRAME = 5  # unit, function|0x80, code, crc(2)
 _HEAD = 3  # unit, function, byte count (or exception code)
 #: a frame of unknown length ends after this much silence (USB adapters deliver in bursts)
@@ -68,8 +63,7 @@ class RtuTransport:
     """One RS485 line.  Not thread-safe: the bus scheduler's thread is its only user."""
 
     def __init__(self, port: str, baud: int = 9600, parity: str = "N", stop_bits: int = 1) -> None:
-        if parity not in _PARITY or stop_bits not in _STOP:
-            raise ValueError(f"parity must be N, E or O and stop_bits 1 or 2; got {parity!r}, {stop_bits!r}")
+        self._port = SerialPort(port, baud, parity, stop_bits)
         self.port = port
         self.baud = baud
         self.parity = parity
@@ -78,72 +72,46 @@ class RtuTransport:
         self.silence_s = silent_interval_s(baud, parity, stop_bits)
         self.description = f"rtu {port} {baud} 8{parity}{stop_bits}"
         self.discarded_bytes = 0
-        self._ser: serial.Serial | None = None
-        self._poll: select.poll | None = None
         self._last_activity = 0.0  # monotonic time of the last byte seen on the line
-        self._aborted = threading.Event()
 
     def abort(self) -> None:
-        self._aborted.set()
-
-    def _wait_readable(self, seconds: float) -> bool:
-        """Wait for input at most ``seconds``, looking at the abort flag every ABORT_CHECK_S."""
-        assert self._poll is not None
-        end = time.monotonic() + seconds
-        while True:
-            if self._aborted.is_set():
-                raise Cancelled(f"{self.port}: aborted")
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            if self._poll.poll(min(left, ABORT_CHECK_S) * 1000):
-                return True
+        self._port.abort()
 
     # -- port -------------------------------------------------------------------------------
     def _open(self) -> serial.Serial:
-        if self._ser is None:
-            try:
-                ser = serial.Serial(
-                    self.port, self.baud, bytesize=serial.EIGHTBITS, parity=_PARITY[self.parity],
-                    stopbits=_STOP[self.stop_bits], timeout=0, exclusive=True,
-                )
-            except (serial.SerialException, OSError, ValueError, termios.error) as exc:
-                raise LinkError(f"{self.port}: cannot open: {exc}") from None
-            self._poll = select.poll()
-            self._poll.register(ser.fileno(), select.POLLIN)
-            self._ser = ser
+        if self._port.serial is None:
+            ser = self._port.open()
             self._last_activity = time.monotonic()
-        return self._ser
+            return ser
+        return self._port.serial
 
     def close(self) -> None:
-        if self._ser is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                self._ser.close()
-            self._ser = None
-            self._poll = None
+        self._port.close()
 
     # -- reading ----------------------------------------------------------------------------
     def _read_until(self, n: int, deadline: float) -> bytes:
         """Up to ``n`` bytes, returning early only at ``deadline``."""
-        assert self._ser is not None
+        ser = self._port.serial
+        assert ser is not None
         buf = bytearray()
         while len(buf) < n:
-            if not self._wait_readable(deadline - time.monotonic()):
+            if not self._port.wait_readable(deadline - time.monotonic()):
                 break
-            buf += self._ser.read(n - len(buf))
+            buf += ser.read(n - len(buf))
         if buf:
             self._last_activity = time.monotonic()
         return bytes(buf)
 
     def _read_to_silence(self, quiet_s: float, limit_s: float) -> bytes:
         """Whatever arrives until the line has been quiet for ``quiet_s`` (at most ``limit_s``)."""
-        assert self._ser is not None
+        ser = self._port.serial
+        assert ser is not None
         buf = bytearray()
         end = time.monotonic() + limit_s
         while True:
-            if not self._wait_readable(min(quiet_s, end - time.monotonic())):
+            if not self._port.wait_readable(min(quiet_s, end - time.monotonic())):
                 break
-            buf += self._ser.read(max(1, self._ser.in_waiting))
+            buf += ser.read(max(1, ser.in_waiting))
         if buf:
             self._last_activity = time.monotonic()
         return bytes(buf)
@@ -161,8 +129,7 @@ class RtuTransport:
             raise LinkError(f"{self.port}: {exc}") from None
 
     def _transact(self, unit: int, pdu: bytes, reply_len: int | None, timeout_s: float) -> Reply:
-        if self._aborted.is_set():
-            raise Cancelled(f"{self.port}: aborted")
+        self._port.check_aborted()
         ser = self._open()
         stale = ser.in_waiting
         if stale:  # a late answer to an earlier request: not ours, and it was line activity

@@ -24,21 +24,13 @@ def migrate(
     ),
 ) -> None:
     """Apply pending schema migrations (safe to run from several processes at once)."""
-    import psycopg
-
     from cloud.config import CloudSettings
-    from cloud.store.migrate import MigrationError
-    from cloud.store.migrate import migrate as run_migrations
+    from fieldtrust.cli import cloud_support as support
 
     if backend not in (None, "timescale", "postgres"):
         typer.echo(f"--backend must be timescale or postgres; got {backend!r}", err=True)
         raise typer.Exit(2)
-    url = database_url or CloudSettings().database_url
-    try:
-        applied = run_migrations(url, backend=backend)  # type: ignore[arg-type]
-    except (MigrationError, psycopg.Error) as exc:
-        typer.echo(f"migration failed: {exc}", err=True)
-        raise typer.Exit(1) from None
+    applied = support.migrate(database_url or CloudSettings().database_url, backend)  # type: ignore[arg-type]
     typer.echo("\n".join(f"applied {name}" for name in applied) if applied else "schema is up to date")
 
 
@@ -269,21 +261,14 @@ def serve(
     database_url: str | None = _DB_OPTION,
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) until Ctrl-C."""
-    import psycopg
     import uvicorn
 
     from cloud.api.main import create_app
-    from cloud.store.migrate import MigrationError
-    from cloud.store.migrate import migrate as run_migrations
     from fieldtrust.cli import cloud_support as support
 
     settings = support.settings(database_url)
     if apply_migrations:
-        try:
-            run_migrations(settings.database_url)
-        except (MigrationError, psycopg.Error) as exc:
-            typer.echo(f"migration failed: {exc}", err=True)
-            raise typer.Exit(1) from None
+        support.migrate(settings.database_url)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
@@ -311,8 +296,7 @@ def ingest(
 
     from cloud.config import CloudSettings
     from cloud.ingest.worker import Worker, WorkerOptions, default_worker_id
-    from cloud.store.migrate import MigrationError
-    from cloud.store.migrate import migrate as run_migrations
+    from fieldtrust.cli import cloud_support as support
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if write not in ("direct", "merge"):
@@ -327,11 +311,7 @@ def ingest(
         typer.echo(f"cannot start the ingest worker: {exc}", err=True)
         raise typer.Exit(2) from None
     if apply_migrations:
-        try:
-            run_migrations(settings.database_url)
-        except (MigrationError, psycopg.Error) as exc:
-            typer.echo(f"migration failed: {exc}", err=True)
-            raise typer.Exit(1) from None
+        support.migrate(settings.database_url)
     try:
         code = worker.run()
     except psycopg.OperationalError as exc:

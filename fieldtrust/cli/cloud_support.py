@@ -1,4 +1,4 @@
-"""Shared steps of the ``fieldtrust cloud`` registry commands: settings, the KEK, one transaction.
+"""Shared steps of the ``fieldtrust cloud`` commands: settings, migrations, the KEK, one transaction.
 
 Errors become a message on stderr and an exit status (2: bad configuration or argument,
 1: refused by the registry or the database), never a traceback.
@@ -24,6 +24,18 @@ def settings(database_url: str | None) -> CloudSettings:
     """The configured settings, with ``--database-url`` taking precedence."""
     loaded = CloudSettings()
     return loaded.model_copy(update={"database_url": database_url}) if database_url else loaded
+
+
+def migrate(database_url: str, backend: db.Backend | None = None) -> list[str]:
+    """Apply pending schema migrations (see :func:`cloud.store.migrate.migrate`); the names applied."""
+    from cloud.store.migrate import MigrationError
+    from cloud.store.migrate import migrate as run_migrations
+
+    try:
+        return run_migrations(database_url, backend=backend)
+    except (MigrationError, psycopg.Error) as exc:
+        typer.echo(f"migration failed: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def kek(config: CloudSettings) -> bytes:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import AdminDep, ConnDep
-from cloud.api.models import BatchTotals, DeadLetterTotals, IngestStatus
+from cloud.api.models import DeadLetterTotals, IngestStatus
 from cloud.store import ingest_status, writes
 
 router = APIRouter(prefix="/ingest", tags=["ingest"], dependencies=[AdminDep])
@@ -21,7 +21,7 @@ def status(conn: ConnDep, tenant: Annotated[str | None, Query(description="one t
     reasons = ingest_status.dead_letters_by_reason(conn, tenant, since)
     return IngestStatus(
         since=since,
-        batches=BatchTotals.model_validate(ingest_status.batch_totals(conn, tenant, since)),
+        batches=ingest_status.batch_totals(conn, tenant, since),
         dead_letters=DeadLetterTotals(total=sum(reasons.values()), by_reason=reasons),
         workers=writes.worker_counters(conn),
     )

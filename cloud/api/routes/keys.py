@@ -7,7 +7,7 @@ from enum import StrEnum
 from fastapi import APIRouter, status
 
 from cloud.api.deps import AdminDep, ConnDep, KekDep
-from cloud.api.models import KeyEpochPublic, KeyRotate, KeyRotated
+from cloud.api.models import KeyRotate, KeyRotated
 from cloud.keys import new_key
 from cloud.store import registry
 
@@ -23,7 +23,8 @@ class Owner(StrEnum):
         return "gateway" if self is Owner.gateways else "device"
 
 
-@router.get("/{owner}/{owner_id}/keys", response_model=list[KeyEpochPublic], summary="Key epochs (never the keys)")
+@router.get("/{owner}/{owner_id}/keys", response_model=list[registry.KeyEpoch],
+            summary="Key epochs (never the keys)")
 def read_keys(tenant: str, owner: Owner, owner_id: str, conn: ConnDep) -> list[registry.KeyEpoch]:
     (registry.get_gateway if owner is Owner.gateways else registry.get_device)(conn, tenant, owner_id)
     return registry.list_keys(conn, tenant, owner.kind, owner_id)
@@ -37,6 +38,6 @@ def rotate_key(tenant: str, owner: Owner, owner_id: str, body: KeyRotate, conn: 
     return KeyRotated(owner_kind=owner.kind, owner_id=owner_id, key_epoch=epoch, key_hex=key.hex())
 
 
-@router.delete("/{owner}/{owner_id}/keys/{epoch}", response_model=KeyEpochPublic, summary="Revoke one key epoch")
+@router.delete("/{owner}/{owner_id}/keys/{epoch}", response_model=registry.KeyEpoch, summary="Revoke one key epoch")
 def revoke_key(tenant: str, owner: Owner, owner_id: str, epoch: int, conn: ConnDep) -> registry.KeyEpoch:
     return registry.revoke_key(conn, tenant, owner.kind, owner_id, epoch)

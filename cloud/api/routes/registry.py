@@ -9,18 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from cloud.api.deps import AdminDep, ConnDep, KekDep
-from cloud.api.models import (
-    DeviceCreate,
-    DeviceCreated,
-    DevicePublic,
-    FarmCreate,
-    FarmPublic,
-    GatewayCreate,
-    GatewayCreated,
-    GatewayPublic,
-    TenantCreate,
-    TenantPublic,
-)
+from cloud.api.models import DeviceCreate, DeviceCreated, FarmCreate, GatewayCreate, GatewayCreated, TenantCreate
 from cloud.broker_acl import new_password
 from cloud.keys import new_key
 from cloud.store import registry
@@ -29,33 +18,33 @@ router = APIRouter(prefix="/tenants", tags=["registry"], dependencies=[AdminDep]
 CREATED = status.HTTP_201_CREATED
 
 
-@router.post("", status_code=CREATED, response_model=TenantPublic, summary="Register a tenant")
+@router.post("", status_code=CREATED, response_model=registry.Tenant, summary="Register a tenant")
 def create_tenant(body: TenantCreate, conn: ConnDep) -> registry.Tenant:
     return registry.register_tenant(conn, body.id, body.name)
 
 
-@router.get("", response_model=list[TenantPublic], summary="List tenants")
+@router.get("", response_model=list[registry.Tenant], summary="List tenants")
 def read_tenants(conn: ConnDep) -> list[registry.Tenant]:
     return registry.list_tenants(conn)
 
 
-@router.get("/{tenant}", response_model=TenantPublic, summary="One tenant")
+@router.get("/{tenant}", response_model=registry.Tenant, summary="One tenant")
 def read_tenant(tenant: str, conn: ConnDep) -> registry.Tenant:
     return registry.get_tenant(conn, tenant)
 
 
-@router.post("/{tenant}/farms", status_code=CREATED, response_model=FarmPublic, summary="Register a farm")
+@router.post("/{tenant}/farms", status_code=CREATED, response_model=registry.Farm, summary="Register a farm")
 def create_farm(tenant: str, body: FarmCreate, conn: ConnDep) -> registry.Farm:
     return registry.register_farm(conn, tenant, body.id, body.name, latitude=body.latitude, longitude=body.longitude,
                                   area_ha=body.area_ha, crop=body.crop)
 
 
-@router.get("/{tenant}/farms", response_model=list[FarmPublic], summary="List a tenant's farms")
+@router.get("/{tenant}/farms", response_model=list[registry.Farm], summary="List a tenant's farms")
 def read_farms(tenant: str, conn: ConnDep) -> list[registry.Farm]:
     return registry.list_farms(conn, tenant)
 
 
-@router.get("/{tenant}/farms/{farm_id}", response_model=FarmPublic, summary="One farm")
+@router.get("/{tenant}/farms/{farm_id}", response_model=registry.Farm, summary="One farm")
 def read_farm(tenant: str, farm_id: str, conn: ConnDep) -> registry.Farm:
     return registry.get_farm(conn, tenant, farm_id)
 
@@ -68,16 +57,16 @@ def create_gateway(tenant: str, body: GatewayCreate, conn: ConnDep, kek: KekDep)
     gateway = registry.register_gateway(conn, tenant, body.id, body.farm_id, key, kek, body.mqtt_username, password,
                                         name=body.name)
     assert gateway.key_epoch is not None  # just registered with its first key
-    return GatewayCreated(gateway=GatewayPublic.model_validate(gateway), key_epoch=gateway.key_epoch,
+    return GatewayCreated(gateway=gateway, key_epoch=gateway.key_epoch,
                           key_hex=key.hex(), mqtt_password=password)
 
 
-@router.get("/{tenant}/gateways", response_model=list[GatewayPublic], summary="List gateways with last-seen")
+@router.get("/{tenant}/gateways", response_model=list[registry.Gateway], summary="List gateways with last-seen")
 def read_gateways(tenant: str, conn: ConnDep, farm_id: str | None = None) -> list[registry.Gateway]:
     return registry.list_gateways(conn, tenant, farm_id)
 
 
-@router.get("/{tenant}/gateways/{gateway_id}", response_model=GatewayPublic, summary="One gateway")
+@router.get("/{tenant}/gateways/{gateway_id}", response_model=registry.Gateway, summary="One gateway")
 def read_gateway(tenant: str, gateway_id: str, conn: ConnDep) -> registry.Gateway:
     return registry.get_gateway(conn, tenant, gateway_id)
 
@@ -92,16 +81,16 @@ def create_device(tenant: str, body: DeviceCreate, conn: ConnDep, kek: KekDep) -
         raise registry.Invalid(f"device {body.id!r}: a bus device is attested by its gateway and takes no key")
     device = registry.register_device(conn, tenant, body.id, body.kind, body.farm_id, body.gateway_id, body.spec,
                                       key, kek)
-    return DeviceCreated(device=DevicePublic.model_validate(device), key_epoch=device.key_epoch,
+    return DeviceCreated(device=device, key_epoch=device.key_epoch,
                          key_hex=key.hex() if key is not None else None)
 
 
-@router.get("/{tenant}/devices", response_model=list[DevicePublic], summary="List devices with last-seen")
+@router.get("/{tenant}/devices", response_model=list[registry.Device], summary="List devices with last-seen")
 def read_devices(tenant: str, conn: ConnDep, farm_id: str | None = None,
                  gateway_id: str | None = None) -> list[registry.Device]:
     return registry.list_devices(conn, tenant, farm_id, gateway_id)
 
 
-@router.get("/{tenant}/devices/{device_id}", response_model=DevicePublic, summary="One device")
+@router.get("/{tenant}/devices/{device_id}", response_model=registry.Device, summary="One device")
 def read_device(tenant: str, device_id: str, conn: ConnDep) -> registry.Device:
     return registry.get_device(conn, tenant, device_id)

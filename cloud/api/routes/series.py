@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from cloud.api.deps import AdminDep, ConnDep
-from cloud.api.models import LatestPublic, PointPublic, SeriesPublic
+from cloud.api.models import SeriesPublic
 from cloud.store import registry, series
 from cloud.store.rollups import HOUR
 
@@ -54,7 +54,7 @@ def device_series(tenant: str, device_id: str, metric: Metric, conn: ConnDep, st
     step = parse_bucket(bucket) or series.choose_bucket(start, end)
     points = series.series(conn, device_id, metric, start, end, step, fill, unit=unit)
     return SeriesPublic(metric=metric, start=start, end=end, bucket=_label(step),
-                         points=[PointPublic.model_validate(p) for p in points])
+                         points=points)
 
 
 @router.get("/farms/{farm_id}/series", response_model=SeriesPublic,
@@ -70,10 +70,10 @@ def farm_series(tenant: str, farm_id: str, metric: Metric, conn: ConnDep, start:
         step = HOUR  # a short range: hourly buckets, as the store chooses for farms
     points = series.farm_series(conn, farm_id, metric, start, end, step, fill, unit=unit)
     return SeriesPublic(metric=metric, start=start, end=end, bucket=_label(step),
-                         points=[PointPublic.model_validate(p) for p in points])
+                         points=points)
 
 
-@router.get("/devices/{device_id}/latest", response_model=list[LatestPublic],
+@router.get("/devices/{device_id}/latest", response_model=list[series.Latest],
             summary="The most recent reading of each of a device's metrics")
 def device_latest(tenant: str, device_id: str, conn: ConnDep) -> list[series.Latest]:
     registry.get_device(conn, tenant, device_id)

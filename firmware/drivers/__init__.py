@@ -1,0 +1,1 @@
+"""Sensor drivers: bytes and millivolts from the hardware layer in, physical values out."""
