@@ -67,7 +67,7 @@ class RamFlash(_FlashBase):
         self._budget = nbytes
 
     def _load(self, offset, length):
-        return bytes(self.data[offset : offset + length])
+        return bytes(memoryview(self.data)[offset : offset + length])  # one copy, not two
 
     def _store(self, offset, data):
         if self._budget >= 0 and len(data) > self._budget:

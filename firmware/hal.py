@@ -15,6 +15,10 @@ Board interface (duck-typed; MicroPython has no ``typing.Protocol``)::
     ticks_ms() -> int                        monotonic, restarts at every boot
     time_ms() -> int                         wall clock, ms since the Unix epoch (kept in deep sleep)
     sleep_ms(ms) / deep_sleep(ms)
+    watchdog(timeout_ms) -> object with feed() / mark_app_valid()   (ESP32 only: the cycle takes both as hooks)
+
+The network side (Wi-Fi, TCP sockets, NTP, OTA file fetch) is ``Esp32Network``, the ``net`` of
+``firmware/cycle.py``.
 """
 
 import time
@@ -95,3 +99,80 @@ class Esp32Board:
 
     def deep_sleep(self, ms):
         self._machine.deepsleep(ms)
+
+    def watchdog(self, timeout_ms):
+        """Start the hardware watchdog (it cannot be stopped; deep sleep resets it): the cycle's ``feed()``."""
+        return self._machine.WDT(timeout=timeout_ms)
+
+    def mark_app_valid(self):
+        """A/B app partitions: confirm the running image so the bootloader does not roll it back."""
+        import esp32
+
+        if hasattr(esp32.Partition, "mark_app_valid_cancel_rollback"):
+            esp32.Partition.mark_app_valid_cancel_rollback()
+
+
+class Esp32Network:
+    """The cycle's ``net`` on a board: Wi-Fi station, TCP sockets, NTP, OTA files from the gateway over HTTP."""
+
+    def __init__(self, ssid, password, ota_host=None, ota_port=8080, ota_prefix="/ota/"):
+        self.ssid = ssid
+        self.password = password
+        self.ota = (ota_host, ota_port, ota_prefix)
+
+    def up(self, timeout_ms):
+        import network
+
+        wlan = network.WLAN(network.STA_IF)
+        wlan.active(True)
+        if not wlan.isconnected():
+            wlan.connect(self.ssid, self.password)
+        start = time.ticks_ms()
+        while not wlan.isconnected():
+            if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
+                raise OSError(118, "Wi-Fi %r not joined in %d ms" % (self.ssid, timeout_ms))
+            time.sleep_ms(100)
+
+    def tcp_connect(self, host, port, timeout_ms):
+        import socket
+
+        sock = socket.socket()
+        sock.settimeout(timeout_ms / 1000)
+        try:
+            sock.connect(socket.getaddrinfo(host, port)[0][-1])
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def ntp_sync(self):
+        import ntptime
+
+        ntptime.settime()
+
+    def fetch(self, path, offset, n):
+        """``n`` bytes of an OTA file from ``offset``: an HTTP/1.0 range request to the gateway."""
+        host, port, prefix = self.ota
+        sock = self.tcp_connect(host, port, 5000)
+        try:
+            request = "GET %s%s HTTP/1.0\r\nHost: %s\r\nRange: bytes=%d-%d\r\n\r\n" % (
+                prefix,
+                path,
+                host,
+                offset,
+                offset + n - 1,
+            )
+            sock.send(request.encode())
+            data = b""
+            while len(data) < n + 1024:
+                chunk = sock.recv(n + 1024 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head[9:12] if head.startswith(b"HTTP/1.") else b""
+        if status != b"206" and not (status == b"200" and offset == 0):  # 200 at an offset: Range ignored
+            raise OSError(5, "OTA fetch of %s: %r" % (path, head[:40]))
+        return body[:n]

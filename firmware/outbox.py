@@ -28,6 +28,7 @@ _REC_MAGIC = b"FR"
 _REC_OVERHEAD = 13  # ack, magic, number, length, CRC32
 PENDING = 0xFF
 DELIVERED = 0x00
+_DELIVERED_HEAD = bytes([DELIVERED]) + _REC_MAGIC
 
 
 class OutboxError(ValueError):
@@ -46,6 +47,7 @@ class Outbox:
         if self.segments < 2 or self.slots < 1:
             raise OutboxError("the outbox needs two segments of at least one %d-byte record" % record_size)
         self.capacity = record_size - _REC_OVERHEAD
+        self._erased = b"\xff" * record_size  # compared with every slot read: built once, not per read
         self.dropped = 0
         self.torn = 0
         self._pending = []  # (segment, slot, number) in order
@@ -110,7 +112,7 @@ class Outbox:
     def _read_record(self, segment, slot):
         """``(ack byte, number, payload)``, ``"empty"`` for an erased slot, or None when torn."""
         raw = self.region.read(self._offset(segment, slot), self.record_size)
-        if raw == b"\xff" * self.record_size:
+        if raw == self._erased:
             return "empty"
         body = raw[1:-4]
         if body[:2] != _REC_MAGIC or struct.unpack(">I", raw[-4:])[0] != crc32(body):
@@ -137,6 +139,9 @@ class Outbox:
         for _gen, seg, _dropped in order:
             last = 0
             for slot in range(self.slots):
+                if self.region.read(self._offset(seg, slot), 3) == _DELIVERED_HEAD:
+                    last = slot + 1  # checked when it was sent; reading it whole at every boot costs heap
+                    continue
                 record = self._read_record(seg, slot)
                 if record == "empty":
                     continue

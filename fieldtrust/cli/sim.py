@@ -6,6 +6,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import typer
@@ -18,6 +19,7 @@ from hardware.line_sensor import LineSensorSimulator
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator
+from hardware.virtual_board import BoardUnavailable, VirtualBoard
 
 app = typer.Typer(no_args_is_help=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -184,3 +186,31 @@ def line(
     sim.start()
     print(f"listening line {sim.port} {sim.line} {s.model} {sim.describe()}", flush=True)
     _run_until_signalled(sim, [], status_every)
+
+
+@app.command()
+def board(
+    fs: Path | None = typer.Option(None, "--fs", file_okay=False, help="Host folder holding the board's flash "
+                                   "(kept across runs; default: a temporary one)."),
+) -> None:
+    """Run a virtual ESP32 (real MicroPython behind its REPL) on a new pty until SIGINT/SIGTERM.
+
+    The first line on stdout is the port to give ``mpremote connect``, e.g. ``/dev/pts/7``.
+    """
+    sim = VirtualBoard(fs)
+    try:
+        sim.start()
+    except BoardUnavailable as exc:
+        raise _usage_error(str(exc)) from None
+    print(sim.port, flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stop.wait()
+    finally:
+        sim.stop()
