@@ -24,7 +24,8 @@ Figures, all from one run:
   (COPY with a staging fallback, against staging + INSERT … ON CONFLICT DO NOTHING always);
 * ``e2e_*``: worker processes (``fieldtrust cloud ingest``) subscribed and stopped (SIGSTOP)
   while every message is published into the broker, then timed from SIGCONT until the last
-  batch is committed — so the publisher's own cost is not counted.  1 and 2 workers.
+  batch is committed — so the publisher's own cost is not counted.  1 and 2 workers, with
+  their default commit threads (two each) unless ``--committers`` says otherwise.
 
 Each figure is the median of ``--repeat`` runs and carries its ``baseline`` (the workload's COPY rate)
 and ``ratio``; the end-to-end figures list their runs too.  Target:
@@ -232,12 +233,14 @@ def scheme(conn: psycopg.Connection, rows: list[writes.ReadingRow], name: writes
             writes.write_readings(conn, rows[start : start + BATCH_ROWS], name)
 
 
-def spawn_worker(url: str, mqtt_url: str, worker_id: str, group: str, log: Path) -> subprocess.Popen:
+def spawn_worker(url: str, mqtt_url: str, worker_id: str, group: str, log: Path,
+                 committers: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "FIELDTRUST_DATABASE_URL": url, "FIELDTRUST_MQTT_URL": mqtt_url, "FIELDTRUST_KEK": KEK.hex(),
            "FIELDTRUST_INGEST_GROUP": group}
+    extra = ["--committers", str(committers)] if committers is not None else []
     with log.open("ab") as out:
         return processes.spawn([sys.executable, "-m", "fieldtrust.cli.main", "cloud", "ingest", "--worker-id",
-                                worker_id, "--session-expiry", "0", "--no-migrate"],
+                                worker_id, "--session-expiry", "0", "--no-migrate", *extra],
                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
 
@@ -258,12 +261,12 @@ def publish_all(host: str, port: int, frames: list[bytes]) -> None:
 
 
 def end_to_end(conn: psycopg.Connection, url: str, broker: PrivateMosquitto, workload: Workload, workers: int,
-               workdir: Path) -> float:
+               workdir: Path, committers: int | None = None) -> float:
     """Seconds from releasing ``workers`` stopped workers (their messages queued) to the last commit."""
     reset(conn)
     group = f"ingest-{uuid.uuid4().hex[:6]}"
     logs = [workdir / f"{group}-{i}.log" for i in range(workers)]
-    procs = [spawn_worker(url, f"mqtt://{broker.host}:{broker.port}", f"bench-{group}-{i}", group, log)
+    procs = [spawn_worker(url, f"mqtt://{broker.host}:{broker.port}", f"bench-{group}-{i}", group, log, committers)
              for i, log in enumerate(logs)]
     try:
         deadline = time.monotonic() + 30
@@ -316,6 +319,7 @@ def run(args: argparse.Namespace) -> dict:
     result: dict = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "nproc": os.cpu_count(), "python": platform.python_version(),
         "workloads": {w.name: {"messages": len(w.frames), "readings": w.readings} for w in workloads},
+        "committers": args.committers,  # commit threads per worker (None: the worker's default)
         "figures": {},
     }
     figures = result["figures"]
@@ -325,6 +329,7 @@ def run(args: argparse.Namespace) -> dict:
         with db.connect(url, autocommit=True) as conn:
             result["postgres"] = conn.info.parameter_status("server_version")
             result["backend"] = db.backend(conn)
+            writes.prefer_lz4(conn)  # as the worker's writing connection does (no effect on the COPY of readings)
             partitions.ensure_ahead(conn, 1)
             with PrivateMosquitto(Path(tmp) / "broker", overrides=BROKER) as broker:
                 for w in workloads:
@@ -341,7 +346,8 @@ def run(args: argparse.Namespace) -> dict:
                                                            lambda n=name, r=rows: scheme(conn, r, n)))
                             figures[f"scheme_{name}"] = figure(w.readings, None, secs, ceiling)
                     for workers in (1, 2):
-                        runs = [end_to_end(conn, url, broker, w, workers, Path(tmp)) for _ in range(args.repeat)]
+                        runs = [end_to_end(conn, url, broker, w, workers, Path(tmp), args.committers)
+                                for _ in range(args.repeat)]
                         name = f"e2e_{w.name}_{workers}_worker{'s' if workers > 1 else ''}"
                         figures[name] = figure(w.readings, len(w.frames), statistics.median(runs), ceiling)
                         figures[name]["runs_readings_per_s"] = [round(w.readings / r) for r in runs]
@@ -365,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-messages", type=int, default=10_000, help="single-node messages (default 10,000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each figure; the median is reported")
     parser.add_argument("--server", default=DEFAULT_SERVER, help="PostgreSQL server for the private database")
+    parser.add_argument("--committers", type=int, default=None,
+                        help="commit threads of every worker (default: the worker's own default)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     result = run(args)

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
-from support.ingest import KEK, Site, batch_frame, dead_letters, node_frame, now_ms, register_site, scalar, soil_body
+from support.ingest import (
+    KEK,
+    Site,
+    batch_frame,
+    dead_letters,
+    node_frame,
+    now_ms,
+    register_site,
+    scalar,
+    soil_body,
+    wait_until,
+)
 
 from cloud.ingest.commit import Outcome, commit_units
 from cloud.ingest.directory import Directory
@@ -114,6 +126,73 @@ def test_arrival_order_does_not_matter(site: Site, ingest: Ingest) -> None:
     ingest(site, *reversed(frames[3:]))
     ingest(site, *frames[:4])
     assert [r[6] for r in rows(site.url, site.bus[0])][::2] == list(range(6))
+
+
+def in_two_transactions_at_once(site: Site, ingest: Ingest, first_frame: bytes,
+                                second_frame: bytes) -> tuple[Outcome, Outcome]:
+    """The second transaction starts while the first holds its rows, as two commit threads (or workers) do."""
+    first_units, second_units = ingest.prepare(site, first_frame), ingest.prepare(site, second_frame)
+    partitions.ensure_ahead(ingest.write, 1)
+    second: list[Outcome] = []
+
+    def commit_second() -> None:
+        with db.connect(site.url, autocommit=True) as conn, conn.transaction():
+            second.append(commit_units(conn, second_units))
+
+    thread = threading.Thread(target=commit_second)
+    with ingest.write.transaction():
+        first = commit_units(ingest.write, first_units)
+        thread.start()
+        waiting = ("SELECT count(*) FROM pg_stat_activity"
+                   " WHERE wait_event_type = 'Lock' AND datname = current_database()")
+        assert wait_until(lambda: scalar(site.url, waiting) == 1)  # on the first one's ledger rows
+    thread.join(15)
+    return first, second[0]
+
+
+def test_one_batch_in_two_transactions_at_once_is_stored_once_and_counted_as_redelivered(site: Site,
+                                                                                         ingest: Ingest) -> None:
+    frame = batch_frame(site, [soil_body(site.bus[0], s) for s in range(3)])
+    first, second = in_two_transactions_at_once(site, ingest, frame, frame)
+    assert first.counts["readings"] == 6 and second.counts["readings"] == 0
+    assert second.counts["batches_redelivered"] == 1 and second.counts["duplicates"] == 1
+    assert second.receipts == first.receipts  # receipted again
+    assert scalar(site.url, "SELECT count(*) FROM ft.readings") == 6 and dead_letters(site.url) == []
+
+
+def test_a_batch_id_reused_with_other_bytes_at_the_same_time_is_a_conflict_that_claims_nothing(
+        site: Site, ingest: Ingest) -> None:
+    dev = site.bus[0]
+    first, second = in_two_transactions_at_once(
+        site, ingest, batch_frame(site, [soil_body(dev, 5, moisture=10.0)], seq=0),
+        batch_frame(site, [soil_body(dev, 5, moisture=99.0), soil_body(dev, 6)], seq=0))
+    assert first.counts["readings"] == 2 and second.counts["readings"] == 0 and second.receipts == {}
+    assert second.counts["conflicts"] == 1 and [r for r, _, _ in dead_letters(site.url)] == ["conflict"]
+    assert "stored frame sha256" in dead_letters(site.url)[0][1]  # the batch's, not its message's
+    assert scalar(site.url, "SELECT count(*) FROM ft.messages") == 1  # seq 6 was not claimed either
+
+
+def test_rows_encoded_in_one_thread_and_written_by_another_are_the_rows_themselves(site: Site) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cloud.store import writes
+
+    when = datetime.now(UTC).replace(microsecond=123000)
+    with db.connect(site.url, autocommit=True) as reader, db.connect(site.url) as writer:
+        partitions.ensure_partitions(writer, when, when + timedelta(seconds=1))
+        mid = writes.metric_ids(writer, [("soil_moisture", "%")])[("soil_moisture", "%")]
+        at = writes.pg_time(int(when.timestamp() * 1000))
+        values = [(21.5, None, 0), (None, "caf\u00e9", 4), (None, None, Q_COMM_ERROR), (-0.0, "", 2**16 - 1)]
+        rows = [(site.tenant, dev, mid, at + seq * 1000, *value, 2, 1, seq)
+                for dev in site.bus for seq, value in enumerate(values)]
+        encoded = writes.encode_readings(reader, rows[:4]), writes.encode_readings(reader, rows[4:])
+        assert [e.count for e in encoded] == [4, 4]
+        assert writes.write_readings(writer, writes.EncodedReadings.join(encoded)) == 8
+        assert writes.write_readings(writer, writes.EncodedReadings.join(encoded), "merge") == 0  # stored already
+        writer.commit()
+        stored = writer.execute("SELECT tenant_id, device_id, metric_id, ts, value, value_text, quality, trust,"
+                                " epoch, seq FROM ft.readings ORDER BY device_id, seq").fetchall()
+    assert stored == [(*r[:3], when + timedelta(milliseconds=r[9]), *r[4:]) for r in rows]
 
 
 def test_forged_and_misaddressed_messages_are_dead_lettered_with_their_reason(site: Site, ingest: Ingest) -> None:

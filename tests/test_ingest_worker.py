@@ -168,3 +168,35 @@ def test_a_message_the_database_refuses_is_dead_lettered_and_the_rest_of_its_gro
             link.close()
     assert readings(site.url) == 6 and reasons(site) == ["store_error"]
     assert sorted(link.receipted) == [f"{site.gw}:1:{s}" for s in (0, 2, 3)]  # the refused one stays with the gateway
+
+
+def test_acknowledgements_keep_the_order_of_arrival_when_commits_finish_out_of_order(shared_broker,
+                                                                                      site: Site) -> None:
+    import psycopg
+
+    slow = site.bus[1]
+    with psycopg.connect(site.url, autocommit=True) as conn:  # the first message's transaction takes a second
+        conn.execute(f"""
+            CREATE FUNCTION ft.slow() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF EXISTS (SELECT 1 FROM inserted WHERE device_id = '{slow}') THEN PERFORM pg_sleep(1); END IF;
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER slow AFTER INSERT ON ft.readings REFERENCING NEW TABLE AS inserted
+                FOR EACH STATEMENT EXECUTE FUNCTION ft.slow();""")
+    with running_worker(site.url) as worker:
+        received: list[int] = []
+        acked: list[int] = []
+        on_message, ack = worker._client.on_message, worker._client.ack
+        worker._client.on_message = lambda c, u, m: (received.append(m.mid), on_message(c, u, m))
+        worker._client.ack = lambda mid, qos: (acked.append(mid), ack(mid, qos))
+        link = GatewayLink(site, *shared_broker)
+        try:
+            link.publish(batch_frame(site, [soil_body(slow, 0)]))
+            time.sleep(0.3)  # in a group of its own, taken by the first commit thread
+            link.publish(batch_frame(site, [soil_body(site.bus[0], 0)]))
+            assert wait_until(lambda: len(link.receipted) == 2), worker.counters.snapshot()
+        finally:
+            link.close()
+    assert link.receipted == [f"{site.gw}:1:1", f"{site.gw}:1:0"]  # the second one was committed first ...
+    assert acked == received and len(acked) == 2  # ... and acknowledged after the first

@@ -7,9 +7,9 @@ different encodings of the same values a duplicate instead of a conflict; this s
 top-level object with the standard library's C scanner and records where each ``tel`` element
 starts and ends, at about the cost of one ``json.loads``.
 
-:func:`tel_spans` is the fast path for batches that the contract's model has already accepted
-and that are laid out the way the gateway agent lays them out: it finds the same bytes with a
-substring search.
+:func:`tel_spans` is the fast path for batches that passed the contract's rules (whole, in
+:mod:`cloud.ingest.plain_models`) and that are laid out the way the gateway agent lays them out:
+it finds the same bytes with a substring search.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def scan_batch(body: bytes) -> ScannedBatch:
 
 
 def tel_spans(body: bytes, count: int) -> list[bytes] | None:
-    """The bytes of the ``count`` telemetry bodies of a batch body *the contract's model accepted*, or None.
+    """The bytes of the ``count`` telemetry bodies of a batch body *the contract's rules accepted*, or None.
 
     In such a body the marker ``{"v":1,"k":"tel",`` can only begin a ``tel`` element: quotes inside
     strings are escaped, records may not have a ``k`` key and the batch's own header says

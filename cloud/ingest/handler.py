@@ -9,10 +9,16 @@ Checks, in order, each failure a dead letter with its reason and the raw bytes:
 * the message: topic form, frame form and size, batch header, the gateway registered under the
   topic's tenant, the body's gateway and tenant equal to the topic's, a usable (known, not
   revoked) key for the batch's epoch, the batch signature over the exact bytes;
-* each telemetry body in it: well-formed (``contract.models``), its device registered in the
-  tenant — a *bus* device on this gateway for gateway-attested bodies, a *node* with a usable key
-  and a valid signature for node frames;
+* each telemetry body in it: well-formed (``contract.models``' rules), its device registered in
+  the tenant — a *bus* device on this gateway for gateway-attested bodies, a *node* with a usable
+  key and a valid signature for node frames;
 * each record: the contract's record rules and :mod:`cloud.ingest.validate`'s checks.
+
+This runs for every reading, so the common case has fast paths that decide exactly as the general
+ones (``tests/test_ingest_plain.py`` shows it on generated bodies): a well-formed batch is checked
+in one pydantic-core pass into dicts (:mod:`cloud.ingest.plain_models`), a number for a metric of
+the device's spec becomes its row without a call per record, and a message's rows are encoded for
+COPY here rather than by the thread that holds the transaction.
 """
 
 from __future__ import annotations
@@ -28,12 +34,32 @@ from pydantic import Field, ValidationError
 
 from cloud.ingest.batch_scan import ScannedBatch, scan_batch, tel_spans
 from cloud.ingest.directory import Directory
-from cloud.ingest.validate import RowRejected, Rules, TimeWindow, check_record, parse_record
-from cloud.store.writes import DeadLetter, DeviceInfo, MessageRow, ReadingRow, pg_time
+from cloud.ingest.plain_models import BATCH, RECORD_DEFAULTS, TELEMETRY, TELEMETRY_Q_DEFAULT, records_hold
+from cloud.ingest.validate import (
+    NumberRules,
+    RecordFields,
+    RowRejected,
+    Rules,
+    TimeWindow,
+    check_record,
+    number_rules,
+    parse_record,
+)
+from cloud.store.writes import (
+    PG_EPOCH_MS,
+    DeadLetter,
+    DeviceInfo,
+    EncodedReadings,
+    MessageKey,
+    MessageRow,
+    ReadingRow,
+    encode_readings,
+)
 from contract import models, topics
 from contract.telemetry import (
     MAX_BATCH_FRAME_BYTES,
     MAX_NODE_FRAME_BYTES,
+    Q_OUT_OF_RANGE,
     ContractError,
     equal_constant_time,
     hmac_sha256,
@@ -43,6 +69,10 @@ from contract.telemetry import (
 TRUST_NODE = 1  # the node's own signature verified
 TRUST_GATEWAY = 2  # in the gateway's signed batch
 _DAY_MS = 86_400_000
+_U, _T, _Q = RECORD_DEFAULTS["u"], RECORD_DEFAULTS["t"], RECORD_DEFAULTS["q"]
+#: a message's rows are encoded for COPY here from this many on; below, setting up the encoder (~10 µs) would
+#: cost more than it saves the committer, which encodes such small messages' rows all in one go
+ENCODE_MIN_ROWS = 100
 
 
 class _TelemetryEnvelope(models.Telemetry):
@@ -56,6 +86,7 @@ class TelemetryItem:
     """One telemetry message that passed its checks: its ledger row, readings and refused records."""
 
     message: MessageRow
+    key: MessageKey  # the message's identity in the ledger: (device, key epoch, sequence)
     body: bytes
     rows: list[ReadingRow]
     rejects: list[DeadLetter]
@@ -76,17 +107,24 @@ class VerifiedBatch:
 
 @dataclass(slots=True)
 class Prepared:
-    """What one MQTT message amounts to before the ledger is consulted."""
+    """What one MQTT message amounts to before the ledger is consulted.
+
+    Besides its items, their sums: what the commit needs when every message is new (the common
+    case), worked out here, off the committing thread — the rows already encoded for COPY.
+    """
 
     topic: str
     payload: bytes
     batch: VerifiedBatch | None  # None: the message itself was refused
     items: list[TelemetryItem] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-
-    @property
-    def readings(self) -> int:
-        return sum(len(i.rows) for i in self.items)
+    readings: int = 0
+    node_readings: int = 0
+    row_letters: list[DeadLetter] = field(default_factory=list)  # the items' refused records, in order
+    devices: set[str] = field(default_factory=set)
+    newest_ms: int | None = None
+    days: set[int] = field(default_factory=set)  # UTC days the readings span, for the partitions they need
+    encoded: EncodedReadings | None = None  # the items' rows, in order (None: few enough for the committer)
 
 
 @dataclass(slots=True)
@@ -98,12 +136,13 @@ class _Parsed:
     seq: int
     bt: int
     q: int
-    records: list[models.Record | RowRejected]
+    records: list[RecordFields | RowRejected]
     raw: dict[str, Any] | None  # the body as parsed JSON, when at hand (for refused records' payloads)
 
     @classmethod
-    def of(cls, tel: models.Telemetry) -> _Parsed:
-        return cls(tel.dev, tel.ep, tel.seq, tel.bt, tel.q, list(tel.r), None)
+    def of(cls, tel: dict[str, Any]) -> _Parsed:
+        """From a body :mod:`cloud.ingest.plain_models` accepted, records included."""
+        return cls(tel["dev"], tel["ep"], tel["seq"], tel["bt"], tel.get("q", TELEMETRY_Q_DEFAULT), tel["r"], None)
 
 
 class _Refused(Exception):
@@ -129,9 +168,11 @@ def parse_telemetry(body: bytes, raw: Any = None) -> _Parsed:
     Raises ContractError when the body itself (its header, or its form) is refused.
     """
     try:
-        return _Parsed.of(models.Telemetry.model_validate_json(body))
+        tel = TELEMETRY.validate_json(body)
     except ValidationError:
-        pass  # some part is bad: find out whether it is the header or single records
+        tel = None  # some part is bad: find out below whether it is the header or single records
+    if tel is not None and records_hold(tel["r"]):
+        return _Parsed.of(tel)
     if raw is None:
         try:
             raw = json.loads(body)
@@ -141,7 +182,7 @@ def parse_telemetry(body: bytes, raw: Any = None) -> _Parsed:
         env = _TelemetryEnvelope.model_validate(raw)
     except ValidationError as exc:
         raise ContractError("bad_telemetry", _validation_detail(exc)) from None
-    records: list[models.Record | RowRejected] = []
+    records: list[RecordFields | RowRejected] = []
     for rec in env.r:
         try:
             records.append(parse_record(rec))
@@ -159,6 +200,7 @@ class Handler:
         self._max_past_days = max_past_days
         self._max_future_s = max_future_s
         self._clock = clock
+        self._numbers: dict[str | None, NumberRules] = {}  # by spec key, from the directory's rules
 
     def prepare(self, topic: str, payload: bytes) -> Prepared:
         window = TimeWindow.around(self._max_past_days, self._max_future_s, self._clock())
@@ -181,15 +223,17 @@ class Handler:
             mac, body = unframe(payload, MAX_BATCH_FRAME_BYTES)
         except ContractError as exc:
             raise _Refused(exc.reason, exc.detail) from None
-        # Fast path: the whole batch is well-formed (one validation in pydantic-core).  Otherwise the scanner
-        # finds out whether the header is at fault (the message is refused) or single telemetry bodies are.
+        # Fast path: the whole batch is well-formed (one validation in pydantic-core, into dicts).  Otherwise
+        # the scanner finds out whether the header is at fault (the message is refused) or single bodies are.
         try:
-            batch: models.Batch | None = models.Batch.model_validate_json(body)
+            plain: dict[str, Any] | None = BATCH.validate_json(body)
         except ValidationError:
-            batch = None
+            plain = None
+        if plain is not None and not all(records_hold(t["r"]) for t in plain.get("tel", ())):
+            plain = None
         scanned = None
-        if batch is not None:
-            head = {"k": batch.k, "gw": batch.gw, "tenant": batch.tenant, "ep": batch.ep}
+        if plain is not None:
+            head = plain
         else:
             try:
                 scanned = scan_batch(body)
@@ -200,23 +244,42 @@ class Handler:
         if not mac_matches(mac, body, key):
             raise _Refused("bad_signature", f"gateway {gw!r} key epoch {head['ep']}: HMAC does not match the body")
         tel: list[tuple[_Parsed | ContractError, bytes]]
-        if batch is not None:
-            spans = tel_spans(body, len(batch.tel))
+        if plain is not None:
+            bodies = plain.get("tel", ())
+            spans = tel_spans(body, len(bodies))
             if spans is None:  # not laid out as our gateways lay it out: find them the slow way
                 try:
                     spans = [raw for _, raw in scan_batch(body).tel]
                 except ContractError as exc:
                     raise _Refused(exc.reason, exc.detail) from None
-            tel = [(_Parsed.of(t), raw) for t, raw in zip(batch.tel, spans, strict=True)]
+            tel = [(_Parsed.of(t), raw) for t, raw in zip(bodies, spans, strict=True)]
+            batch_id = models.batch_id(plain["gw"], plain["ep"], plain["seq"])
+            sent, nodes = plain["sent"], plain.get("nodes", ())
         else:
             assert scanned is not None
-            batch = self._header(scanned)
+            header = self._header(scanned)
             tel = [(self._parse(raw, obj), raw) for obj, raw in scanned.tel]
-        verified = VerifiedBatch(batch.batch_id, tenant, gw, payload, hashlib.sha256(payload).digest(), key,
-                                 batch.sent)
+            batch_id, sent, nodes = header.batch_id, header.sent, header.nodes
+        verified = VerifiedBatch(batch_id, tenant, gw, payload, hashlib.sha256(payload).digest(), key, sent)
         out = Prepared(topic, payload, verified)
-        self._contents(out, tel, batch.node_frames(), window)
+        self._contents(out, tel, [n.encode() for n in nodes], window)
+        self._sum_up(out)
         return out
+
+    def _sum_up(self, out: Prepared) -> None:
+        rows: list[ReadingRow] = []
+        for item in out.items:
+            rows += item.rows
+            out.row_letters += item.rejects
+            if item.message.trust == TRUST_NODE:
+                out.node_readings += len(item.rows)
+            out.devices.add(item.message.device_id)
+            if item.newest_ms is not None and (out.newest_ms is None or item.newest_ms > out.newest_ms):
+                out.newest_ms = item.newest_ms
+            out.days.update(item.days)
+        out.readings = len(rows)
+        if len(rows) >= ENCODE_MIN_ROWS:
+            out.encoded = encode_readings(self.directory.conn, rows)
 
     def _sender_key(self, head: dict[str, Any], tenant: str, gw: str) -> bytes:
         """The key that must have signed the batch, once the header agrees with the topic and the registry."""
@@ -311,34 +374,66 @@ class Handler:
             trust, frame = TRUST_NODE, raw
         message = MessageRow(p.dev, p.ep, p.seq, batch.tenant_id, batch.gateway_id, hashlib.sha256(body).digest(),
                              trust, batch.batch_id, frame)
-        rows, rejects, first, last = self._rows(batch, message, p, body, self.directory.rules(info.spec_key), window)
+        rows, rejects, first, last = self._rows(batch, message, p, body, info.spec_key, window)
         days = range(first // _DAY_MS, last // _DAY_MS + 1) if first is not None and last is not None else range(0)
-        return TelemetryItem(message, body, rows, rejects, last, days)
+        return TelemetryItem(message, (p.dev, p.ep, p.seq), body, rows, rejects, last, days)
 
-    def _rows(self, batch: VerifiedBatch, msg: MessageRow, p: _Parsed, body: bytes, rules: Rules | None,
+    def _rows(self, batch: VerifiedBatch, msg: MessageRow, p: _Parsed, body: bytes, spec_key: str | None,
               window: TimeWindow) -> tuple[list[ReadingRow], list[DeadLetter], int | None, int | None]:
-        """Rows of the good records, dead letters of the others, and the earliest and latest reading time."""
+        """Rows of the good records, dead letters of the others, and the earliest and latest reading time.
+
+        Runs for every reading.  A record the contract accepted that carries a number for a (metric, unit)
+        of the device's spec, in the time window, takes the fast path (what :func:`number_rules` says
+        :func:`check_record` would do); every other record goes through :func:`check_record` itself.
+        """
         rows: list[ReadingRow] = []
         rejects: list[DeadLetter] = []
-        first = last = None
+        times: list[int] = []
         ids = self.directory.metric_ids
-        head = (msg.tenant_id, msg.device_id)
-        tail = (msg.trust, msg.epoch, msg.seq)
+        rules = self.directory.rules(spec_key)
+        numbers = self._number_rules(spec_key, rules)
+        tenant, device, trust, epoch, seq = msg.tenant_id, msg.device_id, msg.trust, msg.epoch, msg.seq
+        bt, q = p.bt, p.q
+        earliest, latest = window.earliest_ms, window.latest_ms
         for index, rec in enumerate(p.records):
+            if numbers is not None and rec.__class__ is dict:
+                v = rec.get("v")
+                ts = bt + rec.get("t", _T)
+                pair = (rec["n"], rec.get("u", _U))
+                limits = numbers.get(pair)
+                if limits is not None and v is not None and earliest <= ts <= latest:
+                    try:
+                        value = float(v)
+                    except OverflowError:
+                        value = None  # too large for a double: check_record says why
+                    if value is not None:
+                        quality = rec.get("q", _Q) | q
+                        low, high = limits
+                        if (low is not None and value < low) or (high is not None and value > high):
+                            quality |= Q_OUT_OF_RANGE
+                        rows.append((tenant, device, ids.get(pair) or self.directory.metric_id(*pair),
+                                     (ts - PG_EPOCH_MS) * 1000, value, None, quality, trust, epoch, seq))
+                        times.append(ts)
+                        continue
             try:
                 if isinstance(rec, RowRejected):
                     raise rec
-                metric, unit, ts, value, text, quality = check_record(rec, p.bt, p.q, window, rules)
+                metric, unit, ts, value, text, quality = check_record(rec, bt, q, window, rules)
             except RowRejected as exc:
                 rejects.append(self._row_letter(batch, p, body, index, exc))
                 continue
-            rows.append((*head, ids.get((metric, unit)) or self.directory.metric_id(metric, unit), pg_time(ts),
-                         value, text, quality, *tail))
-            if first is None or ts < first:
-                first = ts
-            if last is None or ts > last:
-                last = ts
-        return rows, rejects, first, last
+            metric_id = ids.get((metric, unit)) or self.directory.metric_id(metric, unit)
+            rows.append((tenant, device, metric_id, (ts - PG_EPOCH_MS) * 1000, value, text, quality, trust, epoch, seq))
+            times.append(ts)
+        return rows, rejects, min(times, default=None), max(times, default=None)
+
+    def _number_rules(self, spec_key: str | None, rules: Rules | None) -> NumberRules | None:
+        if rules is None:
+            return None
+        numbers = self._numbers.get(spec_key)
+        if numbers is None:
+            numbers = self._numbers[spec_key] = number_rules(rules)
+        return numbers
 
     @staticmethod
     def _row_letter(batch: VerifiedBatch, p: _Parsed, body: bytes, index: int, exc: RowRejected) -> DeadLetter:

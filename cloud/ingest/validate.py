@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from cloud.ingest.plain_models import RECORD_DEFAULTS
 from contract import models
 from contract.telemetry import Q_COMM_ERROR, Q_OUT_OF_RANGE
 from device_specs.schema import DataType, DeviceSpec
@@ -30,6 +31,10 @@ ROW_INVALID = "row_invalid"
 
 #: one row of ft.readings without tenant, device, trust, epoch and seq (the message supplies them)
 Reading = tuple[str, str, int, float | None, str | None, int]  # metric, unit, ts_ms, value, value_text, quality
+#: a record's fields by name, as :mod:`cloud.ingest.plain_models` or :func:`parse_record` give them; a field
+#: left out has the contract's default
+RecordFields = dict[str, Any]
+_U, _V, _VS, _VB, _T, _Q = (RECORD_DEFAULTS[k] for k in ("u", "v", "vs", "vb", "t", "q"))
 
 
 class RowRejected(ValueError):
@@ -56,6 +61,22 @@ def _kind(data_type: DataType) -> ValueKind:
 
 #: metric -> rule, from a device spec; None for a device without a known spec (nothing to check against)
 Rules = dict[str, PointRule]
+
+
+#: (metric, unit) -> (low, high): the pairs whose records :func:`check_record` judges by their number alone
+NumberRules = dict[tuple[str, str], tuple[float | None, float | None]]
+
+
+def number_rules(rules: Rules) -> NumberRules:
+    """The metrics of ``rules`` that take a number ``v`` (number and bit points), under their unit, with their range.
+
+    For a record the contract accepted that names one of these pairs, carries a number and lies in
+    the time window, :func:`check_record` returns ``(n, u, ts, float(v), None, q | header_q)``, with
+    ``Q_OUT_OF_RANGE`` added outside the range (or refuses a number too large for a double): the
+    handler's fast path for the common reading relies on exactly this (``tests/test_ingest_plain.py``).
+    """
+    return {(metric, r.unit): (r.low, r.high) for metric, r in rules.items()
+            if r.kind != "text" and "\x00" not in r.unit}
 
 
 def rules_for(spec: DeviceSpec) -> Rules:
@@ -86,61 +107,64 @@ def _iso(ms: int) -> str:
         return f"{ms} ms"
 
 
-def check_record(rec: models.Record, bt_ms: int, header_q: int, window: TimeWindow, rules: Rules | None) -> Reading:
-    """The row for one well-formed record, or :class:`RowRejected`."""
-    ts = bt_ms + rec.t
+def check_record(rec: RecordFields, bt_ms: int, header_q: int, window: TimeWindow, rules: Rules | None) -> Reading:
+    """The row for one record the contract accepted (its fields as a dict, see :data:`RecordFields`), or
+    :class:`RowRejected`.  Called for every reading: written for speed, the common case (a number) first."""
+    n = rec["n"]
+    ts = bt_ms + rec.get("t", _T)
     if not window.earliest_ms <= ts <= window.latest_ms:
-        raise RowRejected(ROW_TIME, f"{rec.n} at {_iso(ts)} is outside [{_iso(window.earliest_ms)}, "
+        raise RowRejected(ROW_TIME, f"{n} at {_iso(ts)} is outside [{_iso(window.earliest_ms)}, "
                                     f"{_iso(window.latest_ms)}]")
-    if "\x00" in rec.u or (rec.vs is not None and "\x00" in rec.vs):
-        raise RowRejected(ROW_INVALID, f"{rec.n}: a NUL character, which PostgreSQL text cannot hold")
+    u = rec.get("u", _U)
+    vs = rec.get("vs", _VS)
+    if "\x00" in u or (vs is not None and "\x00" in vs):
+        raise RowRejected(ROW_INVALID, f"{n}: a NUL character, which PostgreSQL text cannot hold")
+    v = rec.get("v", _V)
+    vb = rec.get("vb", _VB)
     rule = None
     if rules is not None:
-        rule = rules.get(rec.n)
+        rule = rules.get(n)
         if rule is None:
-            raise RowRejected(ROW_METRIC, f"{rec.n!r} is not a metric of the device's spec")
-        if rec.u != rule.unit:
-            raise RowRejected(ROW_UNIT, f"{rec.n} in {rec.u!r}; the device's spec says {rule.unit!r}")
-    quality = rec.q | header_q
-    value: float | None = None
-    text: str | None = None
-    v = rec.v
-    if rule is not None:
-        _check_kind(rec, rule.kind)
+            raise RowRejected(ROW_METRIC, f"{n!r} is not a metric of the device's spec")
+        if u != rule.unit:
+            raise RowRejected(ROW_UNIT, f"{n} in {u!r}; the device's spec says {rule.unit!r}")
+        _check_kind(n, v, vs, vb, rule.kind)
+    quality = rec.get("q", _Q) | header_q
     if v is not None:
         try:
             value = float(v)
         except OverflowError:
-            raise RowRejected(ROW_NAN, f"{rec.n}: {v} does not fit a double") from None
+            raise RowRejected(ROW_NAN, f"{n}: {v} does not fit a double") from None
         if not math.isfinite(value):  # the contract refuses NaN and inf; an int may still overflow to inf
-            raise RowRejected(ROW_NAN, f"{rec.n}: {v} is not a finite number")
+            raise RowRejected(ROW_NAN, f"{n}: {v} is not a finite number")
         if rule is not None and (
             (rule.low is not None and value < rule.low) or (rule.high is not None and value > rule.high)
         ):
             quality |= Q_OUT_OF_RANGE
-    elif rec.vb is not None:
-        value, text = (1.0, "true") if rec.vb else (0.0, "false")
-    elif rec.vs is not None:
-        text = rec.vs
-    else:
-        quality |= Q_COMM_ERROR  # no value: the gap is explicit
-    return rec.n, rec.u, ts, value, text, quality
+        return n, u, ts, value, None, quality
+    if vb is not None:
+        return (n, u, ts, 1.0, "true", quality) if vb else (n, u, ts, 0.0, "false", quality)
+    if vs is not None:
+        return n, u, ts, None, vs, quality
+    return n, u, ts, None, None, quality | Q_COMM_ERROR  # no value: the gap is explicit
 
 
-def _check_kind(rec: models.Record, kind: ValueKind) -> None:
+def _check_kind(n: str, v: object, vs: str | None, vb: bool | None, kind: ValueKind) -> None:
     """A number point takes ``v``, a bit ``vb`` (or ``v``), a string point ``vs``; no value is a failed read."""
-    if kind == "number" and (rec.vs is not None or rec.vb is not None):
-        raise RowRejected(ROW_NAN, f"{rec.n}: {rec.value!r} where the device's spec gives a number")
-    if kind == "bool" and rec.vs is not None:
-        raise RowRejected(ROW_TYPE, f"{rec.n}: {rec.vs!r} where the device's spec gives a bit")
-    if kind == "text" and (rec.v is not None or rec.vb is not None):
-        raise RowRejected(ROW_TYPE, f"{rec.n}: {rec.value!r} where the device's spec gives text")
+    if kind == "number":
+        if vs is not None or vb is not None:
+            raise RowRejected(ROW_NAN, f"{n}: {vs if vb is None else vb!r} where the device's spec gives a number")
+    elif kind == "bool":
+        if vs is not None:
+            raise RowRejected(ROW_TYPE, f"{n}: {vs!r} where the device's spec gives a bit")
+    elif v is not None or vb is not None:
+        raise RowRejected(ROW_TYPE, f"{n}: {v if vb is None else vb!r} where the device's spec gives text")
 
 
-def parse_record(raw: Any) -> models.Record:
-    """A raw record checked by the contract's model, or :class:`RowRejected` saying why not."""
+def parse_record(raw: Any) -> RecordFields:
+    """A raw record checked by the contract's model (its fields, defaults filled in), or :class:`RowRejected`."""
     try:
-        return models.Record.model_validate(raw)
+        return models.Record.model_validate(raw).__dict__
     except ValidationError as exc:
         errors = exc.errors()
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}" for e in errors)

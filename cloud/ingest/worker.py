@@ -1,17 +1,20 @@
 """The ingest worker: gateways' uplinks from the broker into PostgreSQL, acknowledged only once committed.
 
-Three threads, each with one job, handing work on through queues:
+Threads, each with one job, handing work on through queues:
 
 * paho's network thread receives messages (manual acknowledgement: nothing is acknowledged on
   receipt) and puts them in the inbox;
 * the *prepare* thread parses and verifies each message as it arrives (:class:`Handler`) and
   groups them until ``ingest_batch_rows`` readings or ``ingest_batch_wait_s`` seconds;
-* the *commit* thread writes a group in one transaction (:func:`commit_units`), then publishes
+* a *commit* thread writes a group in one transaction (:func:`commit_units`), then publishes
   the receipts, then acknowledges the group's messages — so a worker that dies at any point
   leaves its unacknowledged messages with the broker, which delivers them again (to it on
   restart, its session being persistent, or wherever the broker sends them), and the ledger
   turns the repeat into counted duplicates.  Preparing the next group while one is committed
-  keeps the CPU busy while PostgreSQL works.
+  keeps the CPU busy while PostgreSQL works; two commit threads (``WorkerOptions.committers``),
+  each on its own connection, keep PostgreSQL busy while one of them is between statements or
+  between transactions (bench/ingest.py).  Their transactions are as independent as two
+  workers' are: the ledger makes the outcome the same in any order.
 
 Never dies on bad input: a message that makes the handler fail is dead-lettered
 (``internal_error``); a group the database refuses is split until the message at fault is found
@@ -80,6 +83,9 @@ class WorkerOptions:
     last_seen_interval_s: float = 5.0
     cache_ttl_s: float = 30.0
     retry_max_s: float = 10.0
+    #: commit threads, each with its own connection: while one waits for PostgreSQL to finish a transaction
+    #: (or publishes its receipts), the next group is already being written
+    committers: int = 2
 
 
 def default_worker_id(settings: CloudSettings) -> str:
@@ -95,12 +101,17 @@ class Worker:
         self.counters = Counters()
         self._kek = settings.kek_bytes()
         self._inbox: queue.Queue[Any] = queue.Queue()
-        self._ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._ready: queue.Queue[Any] = queue.Queue(maxsize=1)  # (sequence number, group) for the committers
+        self._groups = 0  # groups handed over so far (the prepare thread's count)
+        self._ack_lock = threading.Lock()
+        self._next_ack = 0  # the group whose acknowledgements go next
+        self._acks_waiting: dict[int, Group] = {}  # later groups' messages, committed, waiting for their turn
         self._stopping = threading.Event()
         self._subscribed = threading.Event()
         self._generation = 0
         self._connected = False
         self._threads: list[threading.Thread] = []
+        self._seen_lock = threading.Lock()
         self._seen_gateways: dict[str, datetime] = {}
         self._seen_devices: dict[str, datetime] = {}
         self._started_at = datetime.now(UTC)
@@ -110,7 +121,7 @@ class Worker:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._read_conn: psycopg.Connection | None = None
-        self._write_conn: psycopg.Connection | None = None
+        self._write_conns: list[psycopg.Connection | None] = [None] * max(1, self.options.committers)
         self._handler: Handler | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -118,12 +129,14 @@ class Worker:
     def start(self, wait_subscribed_s: float = 10.0) -> Worker:
         """Connect to the database and the broker and start the threads; waits for the subscription."""
         self._read_conn = self._connect_db()
-        self._write_conn = self._connect_db()
+        self._write_conns = [self._connect_db(writer=True) for _ in self._write_conns]
         directory = Directory(self._read_conn, self._kek, ttl_s=self.options.cache_ttl_s)
         self._handler = Handler(directory, max_past_days=self.settings.ingest_max_past_days,
                                 max_future_s=self.settings.ingest_max_future_s)
-        for name, target in (("prepare", self._prepare_loop), ("commit", self._commit_loop)):
-            thread = threading.Thread(target=target, name=f"ingest-{name}", daemon=True)
+        loops = [("prepare", self._prepare_loop, ())]
+        loops += [(f"commit-{n}", self._commit_loop, (n,)) for n in range(len(self._write_conns))]
+        for name, target, args in loops:
+            thread = threading.Thread(target=target, args=args, name=f"ingest-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
         connect_async(self._client, self.broker, session_expiry_s=self.options.session_expiry_s,
@@ -140,9 +153,17 @@ class Worker:
         self._inbox.put(_STOP)
         for thread in self._threads:
             thread.join(timeout)
+        if any(thread.is_alive() for thread in self._threads):
+            log.warning("%s: still committing after %.0f s; final counters not saved", self.options.worker_id, timeout)
+        else:
+            try:
+                self._save_last_seen()
+                self._save_counters()
+            except psycopg.Error as exc:
+                log.warning("%s: cannot save final counters: %s", self.options.worker_id, exc)
         self._client.disconnect()
         self._client.loop_stop()
-        for conn in (self._read_conn, self._write_conn):
+        for conn in (self._read_conn, *self._write_conns):
             if conn is not None:
                 conn.close()
         log.info("%s: stopped; %s", self.options.worker_id, self.counters.log_line())
@@ -171,9 +192,12 @@ class Worker:
     def subscribed(self) -> bool:
         return self._subscribed.is_set()
 
-    def _connect_db(self) -> psycopg.Connection:
-        return db.connect(self.settings.database_url, autocommit=True,
+    def _connect_db(self, *, writer: bool = False) -> psycopg.Connection:
+        conn = db.connect(self.settings.database_url, autocommit=True,
                           application=f"fieldtrust-{self.options.worker_id}")
+        if writer:
+            writes.prefer_lz4(conn)
+        return conn
 
     # -- MQTT (paho's thread) ---------------------------------------------------------------------
 
@@ -225,8 +249,9 @@ class Worker:
                 incoming = None
             if incoming is _STOP:
                 if group:
-                    self._ready.put(group)
-                self._ready.put(_STOP)
+                    self._hand_over(group)
+                for _ in self._write_conns:
+                    self._ready.put(_STOP)
                 return
             if incoming is not None:
                 prepared = self._prepare(incoming)
@@ -238,8 +263,12 @@ class Worker:
                 rows += prepared.readings
             full = rows >= self.settings.ingest_batch_rows or len(group) >= max_messages
             if group and (full or time.monotonic() >= deadline):
-                self._ready.put(group)
+                self._hand_over(group)
                 group, rows = [], 0
+
+    def _hand_over(self, group: Group) -> None:
+        self._ready.put((self._groups, group))
+        self._groups += 1
 
     def _prepare(self, incoming: Incoming) -> Prepared | None:
         assert self._handler is not None
@@ -263,34 +292,39 @@ class Worker:
                                            incoming.payload)
                 return Prepared(incoming.topic, incoming.payload, None, dead_letters=[letter])
 
-    def _reconnect(self, conn: psycopg.Connection) -> psycopg.Connection:
+    def _reconnect(self, conn: psycopg.Connection, *, writer: bool = False) -> psycopg.Connection:
         if not conn.closed and not conn.broken:
             return conn
         conn.close()
         try:
-            return self._connect_db()
+            return self._connect_db(writer=writer)
         except psycopg.OperationalError:
             return conn  # still down; the next attempt tries again
 
-    # -- the commit thread ------------------------------------------------------------------------
+    # -- the commit threads -----------------------------------------------------------------------
 
-    def _commit_loop(self) -> None:
-        next_counters = next_log = next_seen = time.monotonic()
+    def _commit_loop(self, n: int) -> None:
+        """Commit thread ``n`` (on connection ``n``); the first one also keeps the books (counters, last seen)."""
+        next_counters = next_log = next_seen = time.monotonic() if n == 0 else float("inf")
         while True:
             now = time.monotonic()
-            wait = max(0.0, min(next_counters, next_log, next_seen) - now)
+            wait = max(0.0, min(next_counters, next_log, next_seen) - now) if n == 0 else None
             try:
-                group = self._ready.get(timeout=wait)
+                handed = self._ready.get(timeout=wait)
             except queue.Empty:
-                group = None
-            if group is _STOP:
+                handed = None
+            if handed is _STOP:
                 break
-            if group:
+            if handed is not None:
+                seq, group = handed
+                acknowledge: Group = []
                 try:
-                    self._store(group)
-                except Exception:  # after the commit (receipts, acks): the loop must outlive a bug there
-                    log.exception("%s: error after committing %d messages", self.options.worker_id, len(group))
+                    acknowledge = self._store(group, n)
+                except Exception:  # a bug: the loop outlives it; unacknowledged, the broker delivers them again
+                    log.exception("%s: error storing %d messages", self.options.worker_id, len(group))
                     self.counters.bump("internal_errors")
+                finally:
+                    self._acknowledge(seq, acknowledge)
             now = time.monotonic()
             try:
                 if now >= next_seen:
@@ -301,81 +335,89 @@ class Worker:
                     self._save_counters()
             except psycopg.Error as exc:  # bookkeeping only: try again at the next interval
                 log.warning("%s: cannot save counters or last-seen times: %s", self.options.worker_id, exc)
-                self._write_conn = self._reconnect(self._write_conn) if self._write_conn else None
+                self._reconnect_writer(0)
             if now >= next_log:
                 next_log = now + self.options.log_interval_s
                 log.info("%s: %s", self.options.worker_id, self.counters.log_line())
-        try:
-            self._save_last_seen()
-            self._save_counters()
-        except psycopg.Error as exc:
-            log.warning("%s: cannot save final counters: %s", self.options.worker_id, exc)
 
-    def _store(self, group: Group) -> None:
-        """Commit ``group``; on a data error split it to isolate the message at fault."""
-        assert self._write_conn is not None
+    def _reconnect_writer(self, n: int) -> psycopg.Connection | None:
+        conn = self._write_conns[n]
+        if conn is not None:
+            conn = self._write_conns[n] = self._reconnect(conn, writer=True)
+        return conn
+
+    def _store(self, group: Group, n: int) -> Group:
+        """Commit ``group`` on connection ``n``; on a data error split it to isolate the message at fault.
+
+        Returns the messages to acknowledge, in their order: those committed or dead-lettered.
+        """
+        conn = self._write_conns[n]
+        assert conn is not None
         delay = 0.2
         partitions_refreshed = False
         while True:
             try:
-                self._ensure_partitions(group)
-                with self._write_conn.transaction():
-                    outcome = commit_units(self._write_conn, [p for _, p in group], self.options.scheme)
+                self._ensure_partitions(group, conn)
+                with conn.transaction():
+                    outcome = commit_units(conn, [p for _, p in group], self.options.scheme)
                 break
             except psycopg.OperationalError as exc:  # connection lost, deadlock, server shutting down
-                if self._stopping.is_set() and self._write_conn.broken:
+                if self._stopping.is_set() and conn.broken:
                     log.warning("%s: stopping with %d messages uncommitted (the broker keeps them): %s",
                                 self.options.worker_id, len(group), exc)
-                    return
+                    return []
                 log.warning("%s: commit failed (%s); retrying in %.1f s", self.options.worker_id, exc, delay)
                 self.counters.bump("db_retries")
                 time.sleep(delay)
                 delay = min(delay * 2, self.options.retry_max_s)
-                self._write_conn = self._reconnect(self._write_conn)
+                conn = self._reconnect_writer(n) or conn
             except Exception as exc:  # the data (or a bug): never stall on it
                 if isinstance(exc, psycopg.errors.CheckViolation) and not partitions_refreshed:
-                    partitions.forget(self._write_conn)  # a day's partition may have been dropped meanwhile
+                    partitions.forget(conn)  # a day's partition may have been dropped meanwhile
                     partitions_refreshed = True
                     continue
                 if not isinstance(exc, psycopg.Error):
                     log.exception("%s: cannot commit %d messages", self.options.worker_id, len(group))
                 if len(group) > 1:
                     half = len(group) // 2
-                    self._store(group[:half])
-                    self._store(group[half:])
-                else:
-                    self._refuse(group[0], exc)
-                return
+                    return self._store(group[:half], n) + self._store(group[half:], n)
+                return self._refuse(group[0], exc, conn)
         self.counters.committed(outcome)
-        self._publish_receipts(outcome)
-        self._ack(group)
         seen = datetime.now(UTC)
-        self._seen_gateways.update(dict.fromkeys(outcome.gateways, seen))
-        self._seen_devices.update(dict.fromkeys(outcome.devices, seen))
+        with self._seen_lock:
+            self._seen_gateways.update(dict.fromkeys(outcome.gateways, seen))
+            self._seen_devices.update(dict.fromkeys(outcome.devices, seen))
+        try:
+            self._publish_receipts(outcome)
+        except Exception:  # left unacknowledged, the broker delivers them again: counted duplicates, receipted then
+            log.exception("%s: cannot publish the receipts of %d committed messages", self.options.worker_id,
+                          len(group))
+            self.counters.bump("internal_errors")
+            return []
+        return group
 
-    def _refuse(self, pair: tuple[Incoming, Prepared], exc: Exception) -> None:
+    def _refuse(self, pair: tuple[Incoming, Prepared], exc: Exception, conn: psycopg.Connection) -> Group:
         """Dead-letter the one message the database (or a bug) will not take, and move on."""
         incoming, prepared = pair
         log.error("%s: the database refuses a message on %s: %s", self.options.worker_id, incoming.topic, exc)
         batch = prepared.batch
         letter = writes.DeadLetter(incoming.topic, "store_error", f"{type(exc).__name__}: {exc}", incoming.payload,
                                    batch.tenant_id if batch else None, batch.gateway_id if batch else None)
-        assert self._write_conn is not None
         try:
-            with self._write_conn.transaction():
-                writes.insert_dead_letters(self._write_conn, [letter])
+            with conn.transaction():
+                writes.insert_dead_letters(conn, [letter])
             self.counters.refused("store_error")
         except psycopg.Error as again:
             log.error("%s: cannot dead-letter it either (%s); dropping it from the broker, the gateway re-sends "
                       "what is not receipted", self.options.worker_id, again)
-        self._ack([pair])
+        return [pair]
 
-    def _ensure_partitions(self, group: Group) -> None:
-        days = {day for _, p in group for item in p.items for day in item.days}
-        assert self._write_conn is not None
+    @staticmethod
+    def _ensure_partitions(group: Group, conn: psycopg.Connection) -> None:
+        days = set().union(*(p.days for _, p in group))
         for day in sorted(days):
             when = date(1970, 1, 1) + timedelta(days=day)
-            partitions.ensure_partitions(self._write_conn, when, when)
+            partitions.ensure_partitions(conn, when, when)
 
     def _publish_receipts(self, outcome: Outcome) -> None:
         now_ms = int(time.time() * 1000)
@@ -387,6 +429,15 @@ class Worker:
                 self._client.publish(topic, sign(key, receipt.model_dump_json().encode()), qos=1)
                 self.counters.bump("receipts_published")
 
+    def _acknowledge(self, seq: int, pairs: Group) -> None:
+        """Acknowledge in the order the messages came, whichever committer finishes first: MQTT wants PUBACKs in
+        the order of the PUBLISHes, so a group's wait for those of every group handed over before it."""
+        with self._ack_lock:
+            self._acks_waiting[seq] = pairs
+            while self._next_ack in self._acks_waiting:
+                self._ack(self._acks_waiting.pop(self._next_ack))
+                self._next_ack += 1
+
     def _ack(self, group: Group) -> None:
         acked = 0
         for incoming, _ in group:
@@ -397,15 +448,25 @@ class Worker:
         self.counters.bump("messages_acked", acked)
 
     def _save_last_seen(self) -> None:
-        if not (self._seen_gateways or self._seen_devices) or self._write_conn is None:
+        conn = self._write_conns[0]
+        with self._seen_lock:
+            gateways, devices = self._seen_gateways, self._seen_devices
+            self._seen_gateways, self._seen_devices = {}, {}
+        if not (gateways or devices) or conn is None:
             return
-        with self._write_conn.transaction():
-            writes.touch_last_seen(self._write_conn, "gateways", self._seen_gateways)
-            writes.touch_last_seen(self._write_conn, "devices", self._seen_devices)
-        self._seen_gateways, self._seen_devices = {}, {}
+        try:
+            with conn.transaction():
+                writes.touch_last_seen(conn, "gateways", gateways)
+                writes.touch_last_seen(conn, "devices", devices)
+        except psycopg.Error:
+            with self._seen_lock:  # keep them for the next attempt (newer times win)
+                self._seen_gateways = gateways | self._seen_gateways
+                self._seen_devices = devices | self._seen_devices
+            raise
 
     def _save_counters(self) -> None:
-        if self._write_conn is None:
+        conn = self._write_conns[0]
+        if conn is None:
             return
-        writes.save_worker_counters(self._write_conn, self.options.worker_id, socket.gethostname(), os.getpid(),
+        writes.save_worker_counters(conn, self.options.worker_id, socket.gethostname(), os.getpid(),
                                     self._started_at, self.counters.snapshot(reset_window=True))

@@ -1,13 +1,15 @@
 """The ingest's SQL: readings by COPY, the duplicate ledger, batches, dead letters, lookups, counters.
 
 Exactly-once storage rests on two keys.  ``ft.messages`` (device, key epoch, sequence) is claimed
-with ``INSERT … ON CONFLICT DO NOTHING RETURNING``: only the transaction that claims a message
+by one COPY when every message is new, else with ``INSERT … ON CONFLICT DO NOTHING RETURNING``:
+only the transaction that claims a message
 writes its readings, and a second worker holding the same message waits on the first one's
 claim and then finds it taken.  ``ft.readings``' primary key (device, metric, time) guards the
 rows themselves: :func:`write_readings` COPYs straight into the table inside a savepoint and,
 only when another message already stored a reading with the same key (a unique violation),
 repeats the rows through a temporary staging table with ``INSERT … SELECT … ON CONFLICT DO
-NOTHING``.  The common case thus costs one COPY; the guarantee is the staging path's.
+NOTHING``.  The common case thus costs one COPY; the guarantee is the staging path's.  Rows may
+come already encoded for COPY (:func:`encode_readings`, done by another thread than the writer).
 
 Every function takes a connection and leaves the transaction to its caller.  Key order is sorted
 wherever rows are locked, so two workers never wait on each other in a cycle.
@@ -15,6 +17,7 @@ wherever rows are locked, so two workers never wait on each other in a cycle.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 import psycopg
 from psycopg import errors
+from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb
 
 #: the columns of ft.readings, in the order rows are given to :func:`write_readings`
@@ -36,6 +40,9 @@ _COLUMNS = ", ".join(READING_COLUMNS)
 _STAGE = "ingest_stage"
 #: 2000-01-01T00:00:00Z in Unix milliseconds: the origin of PostgreSQL's timestamps
 PG_EPOCH_MS = 946_684_800_000
+#: what begins and ends a binary COPY stream (signature, flags, header extension length; field count -1)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_COPY_TRAILER = b"\xff\xff"
 
 #: (tenant, device, metric id, time: µs since 2000-01-01 UTC (:func:`pg_time`) or an aware datetime, value,
 #: text value, quality, trust, key epoch, sequence)
@@ -93,9 +100,41 @@ class DeadLetter:
     device_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedReadings:
+    """Readings already in binary COPY form, tuples only (:func:`encode_readings`).
+
+    The ingest encodes a message's rows in the thread that parses it, so the thread that holds the
+    transaction open only hands bytes to PostgreSQL.
+    """
+
+    data: bytes
+    count: int
+
+    @classmethod
+    def join(cls, parts: Iterable[EncodedReadings]) -> EncodedReadings:
+        parts = list(parts)
+        return cls(b"".join(p.data for p in parts), sum(p.count for p in parts))
+
+
 def pg_time(unix_ms: int) -> int:
     """A reading time for :data:`ReadingRow`: Unix milliseconds as microseconds since 2000-01-01 UTC."""
     return (unix_ms - PG_EPOCH_MS) * 1000
+
+
+def prefer_lz4(conn: psycopg.Connection) -> bool:
+    """Have this (autocommit) session compress large values with lz4 rather than PostgreSQL's default pglz.
+
+    Each batch's frame is kept verbatim in ``ft.batches`` (tens of KB for a full batch), and
+    compressing it took about 8 % of the ingest's database time with pglz, a third of that with
+    lz4 (bench/ingest.py).  Values stay readable whatever the session's choice, each records its
+    own method.  False when the server was built without lz4: pglz stays.
+    """
+    try:
+        conn.execute("SET default_toast_compression = lz4")
+    except errors.InvalidParameterValue:
+        return False
+    return True
 
 
 # -- lookups (registry rows the ingest needs per message) ----------------------------------------
@@ -155,25 +194,32 @@ _MESSAGE_COLUMNS = "device_id, epoch, seq, tenant_id, gateway_id, digest, trust,
 _MESSAGE_TYPES = ["text", "int4", "int8", "text", "text", "bytea", "int2", "text", "bytea"]
 
 
-def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> set[MessageKey]:
-    """Insert ledger rows; return the keys this transaction claimed (the others were there before).
+def copy_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> bool:
+    """Insert every ledger row by one COPY (under a savepoint), or none: False when one was there already.
 
-    Like :func:`write_readings`: one COPY under a savepoint when every message is new (the common
-    case), ``INSERT … ON CONFLICT DO NOTHING RETURNING`` when some are not.
+    The common case (every message new) at the cost of one COPY; when it fails, a transaction that
+    held one of the keys has finished (the COPY waited for it), so what it stored is visible now.
+    Rows go in key order, so that two transactions never wait on each other in a cycle.
     """
     if not messages:
-        return set()
-    values = sorted(messages)  # by key: the first three columns (no two rows share a key)
+        return True
     try:
         with (conn.transaction(), conn.cursor() as cur,
               cur.copy(f"COPY ft.messages ({_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy):
             copy.set_types(_MESSAGE_TYPES)
-            for row in values:
+            for row in sorted(messages):  # by key: the first three columns (no two rows share a key)
                 copy.write_row(row)
-        return {m.key for m in values}
+        return True
     except errors.UniqueViolation:
-        pass
-    cols = [list(c) for c in zip(*values, strict=True)]
+        return False
+
+
+def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> set[MessageKey]:
+    """Insert the ledger rows not there yet (``INSERT … ON CONFLICT DO NOTHING RETURNING``, in key order);
+    return the keys this transaction claimed."""
+    if not messages:
+        return set()
+    cols = [list(c) for c in zip(*sorted(messages), strict=True)]
     rows = conn.execute(
         f"INSERT INTO ft.messages ({_MESSAGE_COLUMNS})"
         " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %b::bytea[],"
@@ -232,18 +278,46 @@ def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter])
 # -- readings -----------------------------------------------------------------------------------
 
 
-def copy_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow], table: str = "ft.readings") -> None:
-    """Binary COPY of ``rows`` into ``table`` (ft.readings, or the staging table)."""
+def _reading_types(rows: Sequence[ReadingRow]) -> list[str]:
+    return _READING_TYPES_DATETIME if isinstance(rows[0][3], datetime) else _READING_TYPES
+
+
+def encode_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow]) -> EncodedReadings:
+    """``rows`` as :func:`copy_readings` would send them, with psycopg's own dumpers; no round trip.
+
+    ``conn`` only lends its adapters (any connection of the same database will do), so a thread
+    other than the writer's can do this work.
+    """
     if not rows:
+        return EncodedReadings(b"", 0)
+    out = io.BytesIO()
+    with conn.cursor() as cur, psycopg.Copy(cur, binary=True, writer=FileWriter(out)) as copy:
+        copy.set_types(_reading_types(rows))
+        for row in rows:
+            copy.write_row(row)
+    data = out.getvalue()
+    if not (data.startswith(_COPY_HEADER) and data.endswith(_COPY_TRAILER)):
+        raise RuntimeError("psycopg wrote a binary COPY stream this module does not know how to split")
+    return EncodedReadings(data[len(_COPY_HEADER) : -len(_COPY_TRAILER)], len(rows))
+
+
+def copy_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings,
+                  table: str = "ft.readings") -> None:
+    """Binary COPY of ``rows`` (tuples, or already encoded) into ``table`` (ft.readings, or the staging table)."""
+    if not (rows.count if isinstance(rows, EncodedReadings) else rows):
         return
-    types = _READING_TYPES_DATETIME if isinstance(rows[0][3], datetime) else _READING_TYPES
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
+        if isinstance(rows, EncodedReadings):
+            copy.write(_COPY_HEADER)
+            copy.write(rows.data)
+            copy.write(_COPY_TRAILER)
+            return
+        copy.set_types(_reading_types(rows))
         for row in rows:
             copy.write_row(row)
 
 
-def merge_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow]) -> int:
+def merge_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings) -> int:
     """COPY into a staging table, then INSERT … ON CONFLICT DO NOTHING; returns the rows inserted.
 
     The temporary table is created on first use in a session (and again after a rolled-back
@@ -258,19 +332,21 @@ def merge_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow]) -> int:
     return inserted
 
 
-def write_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow], scheme: WriteScheme = "direct") -> int:
+def write_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings,
+                   scheme: WriteScheme = "direct") -> int:
     """Store ``rows`` inside the caller's transaction, skipping keys already stored; returns the rows inserted.
 
     ``direct`` tries one COPY into ft.readings under a savepoint and falls back to ``merge`` on a
     unique violation; ``merge`` always goes through the staging table.
     """
-    if not rows:
+    count = rows.count if isinstance(rows, EncodedReadings) else len(rows)
+    if not count:
         return 0
     if scheme == "direct":
         try:
             with conn.transaction():
                 copy_readings(conn, rows)
-            return len(rows)
+            return count
         except errors.UniqueViolation:
             pass
     return merge_readings(conn, rows)

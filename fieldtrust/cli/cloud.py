@@ -284,11 +284,16 @@ def ingest(
     session_expiry: int = typer.Option(3600, "--session-expiry", min=0, help="Seconds the broker keeps our session."),
     apply_migrations: bool = typer.Option(True, "--migrate/--no-migrate", help="Apply pending migrations first."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    committers: int | None = typer.Option(
+        None, "--committers", min=1, max=8,
+        help="Commit threads, each with its own connection (default 2; 1 when several workers share few cores).",
+    ),
 ) -> None:
     """Run an ingest worker until Ctrl-C: gateways' uplinks from the broker into the database.
 
     Settings come from FIELDTRUST_DATABASE_URL, FIELDTRUST_MQTT_URL, FIELDTRUST_KEK and FIELDTRUST_INGEST_*.
     """
+    import dataclasses
     import logging
 
     import psycopg
@@ -306,6 +311,8 @@ def ingest(
         settings = CloudSettings()
         options = WorkerOptions(worker_id or default_worker_id(settings), scheme=write,  # type: ignore[arg-type]
                                 session_expiry_s=session_expiry)
+        if committers is not None:
+            options = dataclasses.replace(options, committers=committers)
         worker = Worker(settings, options)
     except (ValidationError, ValueError) as exc:
         typer.echo(f"cannot start the ingest worker: {exc}", err=True)
