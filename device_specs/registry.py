@@ -24,8 +24,11 @@ class SpecError(ValueError):
     """A spec file is unreadable or invalid.  The message names file, point and key."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys (YAML would silently keep the last one)."""
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys (YAML would silently keep the last one).
+
+    Shared by every declarative YAML file of the project (specs, reference hardware builds).
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[object] = set()
@@ -86,7 +89,7 @@ def _errors(exc: ValidationError, data: dict, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _yaml_where(exc: yaml.YAMLError) -> str:
+def yaml_where(exc: yaml.YAMLError) -> str:
     """' at line 3, column 5: expected ...' from a YAML error, one line instead of pyyaml's block."""
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
@@ -100,9 +103,9 @@ def parse_spec(text: str, origin: str = "<spec>") -> DeviceSpec:
     if len(text.encode()) > MAX_SPEC_BYTES:
         raise SpecError(f"{origin}: larger than {MAX_SPEC_BYTES} bytes")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise SpecError(f"{origin}: not valid YAML{_yaml_where(exc)}") from None
+        raise SpecError(f"{origin}: not valid YAML{yaml_where(exc)}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a spec must be a YAML mapping, got {type(data).__name__}")
     try:

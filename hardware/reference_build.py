@@ -17,7 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from device_specs.registry import builtin_specs
+from device_specs.registry import UniqueKeyLoader, builtin_specs, yaml_where
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
 MAX_BUILD_BYTES = 256 * 1024
@@ -190,21 +190,6 @@ class ReferenceBuild(_Strict):
         return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys (YAML would silently keep the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool | None) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _where(data: object, loc: tuple[int | str, ...]) -> str:
     """('parts', 3, 'price', 'currency') -> 'parts[3] (U4).price.currency', naming list items by ref/title."""
     out = ""
@@ -230,22 +215,14 @@ def _errors(exc: ValidationError, data: dict, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _yaml_where(exc: yaml.YAMLError) -> str:
-    """' at line 3, column 5: duplicate key ...' from a YAML error, one line instead of pyyaml's block."""
-    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
-        what = "; ".join(x for x in (exc.problem, exc.context) if x)
-        return f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}: {what}"
-    return f": {exc}"
-
-
 def parse_build(text: str, origin: str = "<build>") -> ReferenceBuild:
     """Parse YAML text into a validated build, or raise BuildError naming ``origin`` and the key."""
     if len(text.encode()) > MAX_BUILD_BYTES:
         raise BuildError(f"{origin}: larger than {MAX_BUILD_BYTES} bytes")
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
-        raise BuildError(f"{origin}: not valid YAML{_yaml_where(exc)}") from None
+        raise BuildError(f"{origin}: not valid YAML{yaml_where(exc)}") from None
     if not isinstance(data, dict):
         raise BuildError(f"{origin}: a build must be a YAML mapping, got {type(data).__name__}")
     try:
