@@ -212,8 +212,9 @@ def test_an_agent_restart_over_mqtt_311_loses_nothing(amqtt, ids, tmp_path):
             agent.start()
             try:
                 assert agent.intake is not None and wait_until(lambda: agent.intake.link.connected)
+                time.sleep(0.5)  # the intake subscribes on CONNACK: frames sent before its SUBACK would have no taker
                 node.send_frames(range(5))
-                assert peer.wait_for(lambda p: len(p.stored.node_signed) == 5 and len(soil_seqs(p)) >= 2)
+                assert peer.wait_for(lambda p: len(p.stored.node_signed) == 5 and len(soil_seqs(p)) >= 2, timeout=30)
             finally:
                 agent.stop()
             # the agent is away: amqtt queues these for its persistent intake session
