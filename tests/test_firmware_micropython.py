@@ -47,16 +47,14 @@ def on_cpython(script: str) -> str:
     return out.getvalue()
 
 
-@needs_micropython
-def test_every_firmware_case_passes_on_micropython():
+def assert_cases_pass_on_micropython(case_module, modules: dict, preamble: str = "") -> None:
+    """Run every ``test_*`` function of ``case_module`` on MicroPython; each must print PASS, in order."""
     run = run_micropython(
-        f"MODULES = {sorted(FIRMWARE_MODULES)!r}\n"
+        preamble
         + textwrap.dedent(
-            """
+            f"""
             import sys
-            for name in MODULES:  # every module compiles and imports here, hal.py included
-                __import__(name)
-            import test_firmware_cases as cases
+            import {case_module.__name__} as cases
             failed = 0
             for name in sorted(n for n in dir(cases) if n.startswith("test_")):
                 try:
@@ -69,12 +67,19 @@ def test_every_firmware_case_passes_on_micropython():
             sys.exit(1 if failed else 0)
             """
         ),
-        modules=BOARD_MODULES,
+        modules=modules,
         timeout=25,
     )
-    expected = sorted(name for name in dir(cases) if name.startswith("test_"))
+    expected = sorted(name for name in dir(case_module) if name.startswith("test_"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.split() == [word for name in expected for word in ("PASS", name)]
+
+
+@needs_micropython
+def test_every_firmware_case_passes_on_micropython():
+    # every module compiles and imports there first, hal.py included
+    preamble = f"for name in {sorted(FIRMWARE_MODULES)!r}:\n    __import__(name)\n"
+    assert_cases_pass_on_micropython(cases, BOARD_MODULES, preamble)
 
 
 @needs_micropython

@@ -16,7 +16,12 @@ from contextlib import contextmanager, suppress
 import paho.mqtt.client as paho
 import pytest
 import test_firmware_node_cases as cases
-from test_firmware_micropython import BOARD_MODULES, HEAP_BUDGET_BYTES, needs_micropython
+from test_firmware_micropython import (
+    BOARD_MODULES,
+    HEAP_BUDGET_BYTES,
+    assert_cases_pass_on_micropython,
+    needs_micropython,
+)
 
 from contract import models, telemetry, topics
 from firmware import cycle
@@ -31,29 +36,7 @@ NODE_BOARD_MODULES = {**BOARD_MODULES, "test_firmware_node_cases": cases.__file_
 
 @needs_micropython
 def test_every_node_case_passes_on_micropython():
-    run = run_micropython(
-        textwrap.dedent(
-            """
-            import sys
-            import test_firmware_node_cases as cases
-            failed = 0
-            for name in sorted(n for n in dir(cases) if n.startswith("test_")):
-                try:
-                    getattr(cases, name)()
-                    print("PASS", name)
-                except Exception as exc:
-                    failed += 1
-                    print("FAIL", name)
-                    sys.print_exception(exc)
-            sys.exit(1 if failed else 0)
-            """
-        ),
-        modules=NODE_BOARD_MODULES,
-        timeout=25,
-    )
-    expected = sorted(name for name in dir(cases) if name.startswith("test_"))
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.split() == [word for name in expected for word in ("PASS", name)]
+    assert_cases_pass_on_micropython(cases, NODE_BOARD_MODULES)
 
 
 @needs_micropython
