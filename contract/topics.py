@@ -7,6 +7,14 @@ Cloud broker (gateway <-> cloud)::
     ft/v1/<tenant>/gw/<gateway>/config      cloud -> gateway   signed config (retained)
     ft/v1/<tenant>/gw/<gateway>/health      gateway -> cloud   signed heartbeat (QoS 0)
     ft/v1/<tenant>/gw/<gateway>/state       gateway -> cloud   birth / last will (retained)
+    ft/v1/<tenant>/gw/<gateway>/node/<node>/config   cloud -> gateway   a node's config frame, signed by
+                                                     the cloud with the NODE's key (retained; relayed as is)
+    ft/v1/<tenant>/gw/<gateway>/node/<node>/ota      cloud -> gateway   a node's OTA manifest frame, signed
+                                                     with the NODE's key (retained; relayed once the files
+                                                     are cached)
+    ft/v1/<tenant>/gw/<gateway>/file/<sha256>        cloud -> gateway   one OTA file's bytes (QoS 1, retained
+                                                     until the manifests naming it are gone); the gateway
+                                                     keeps it only if its SHA-256 matches the topic
 
 Gateway broker (node <-> gateway)::
 
@@ -46,6 +54,46 @@ def gateway(tenant, gw, leaf):
 def node(node_id, leaf):
     _check(node_id)
     return f"{ROOT}/node/{node_id}/{leaf}"
+
+
+def _is_sha256(text):
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def gateway_node(tenant, gw, node_id, leaf):
+    """A cloud -> gateway topic about one of the gateway's nodes (``config`` or ``ota``)."""
+    _check(tenant, gw, node_id)
+    return f"{ROOT}/{tenant}/gw/{gw}/node/{node_id}/{leaf}"
+
+
+def gateway_file(tenant, gw, sha256_hex):
+    """The topic carrying one OTA file to a gateway, named by the file's SHA-256 (64 lower-case hex)."""
+    _check(tenant, gw)
+    if not _is_sha256(sha256_hex):
+        raise ValueError(f"not a SHA-256 in hex: {sha256_hex!r}")
+    return f"{ROOT}/{tenant}/gw/{gw}/file/{sha256_hex}"
+
+
+def gateway_downlink_filter(tenant, gw):
+    """What a gateway subscribes to on the cloud broker for its nodes: their config, OTA and files."""
+    _check(tenant, gw)
+    return [f"{ROOT}/{tenant}/gw/{gw}/node/+/+", f"{ROOT}/{tenant}/gw/{gw}/file/+"]
+
+
+def parse_gateway_downlink(topic):
+    """``(tenant, gw, kind, name, leaf)`` for a node or file downlink topic, or raise ValueError.
+
+    ``kind`` is ``"node"`` (name = node id, leaf = ``config``/``ota``) or ``"file"`` (name = SHA-256, leaf = "").
+    """
+    parts = topic.split("/")
+    if len(parts) >= 7 and parts[0] + "/" + parts[1] == ROOT and parts[3] == "gw":
+        _check(parts[2], parts[4])
+        if parts[5] == "node" and len(parts) == 8 and parts[7] in ("config", "ota"):
+            _check(parts[6])
+            return parts[2], parts[4], "node", parts[6], parts[7]
+        if parts[5] == "file" and len(parts) == 7 and _is_sha256(parts[6]):
+            return parts[2], parts[4], "file", parts[6], ""
+    raise ValueError(f"not a gateway downlink topic: {topic!r}")
 
 
 def gateway_uplink_filter(shared=True):
