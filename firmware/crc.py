@@ -1,7 +1,8 @@
 """Checksums the sensors and the flash records use, in plain Python that MicroPython runs too.
 
 The sensors each use an 8-bit CRC with their own parameters (Dallas/Maxim 1-Wire, Sensirion);
-flash records use CRC-32 (``binascii.crc32`` on both interpreters).
+Modbus RTU frames end in CRC-16/MODBUS; flash records use CRC-32 (``binascii.crc32`` on both
+interpreters).
 """
 
 import binascii
@@ -30,6 +31,16 @@ def crc8_sensirion(data):
     return crc
 
 
+def crc16_modbus(data):
+    """CRC-16/MODBUS (polynomial 0xA001 reflected, init 0xFFFF); an RTU frame sends it low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
 def crc32(data):
-    """CRC-32 (IEEE 802.3, as zlib) of bytes."""
-    return binascii.crc32(data) & 0xFFFFFFFF
+    """CRC-32 (IEEE 802.3, as zlib) of bytes (or any buffer: a memoryview slice copies nothing)."""
+    return binascii.crc32(data)  # unsigned on both interpreters; a mask would cost a big int per call

@@ -23,7 +23,7 @@ Network interface (``net``; the hal's on a board, a fake in the tests)::
     up(timeout_ms)                           bring the link up (Wi-Fi); OSError on failure
     tcp_connect(host, port, timeout_ms)      socket-like object (settimeout/send/recv/close)
     ntp_sync()                               set the board's wall clock; OSError on failure
-    fetch(path, offset, n)                   OTA file bytes from the gateway
+    fetch(sha256, offset, n)                 OTA file bytes from the gateway, by content
 """
 
 import struct
@@ -104,7 +104,7 @@ class Node:
         if len(blob) < end:
             blob.extend(bytes(end - len(blob)))
         blob[RTC_OFFSET:end] = fixed + struct.pack(">I", crc32(fixed)) + bytes([len(deltas) // 4]) + deltas
-        self.board.rtc_write(bytes(blob))
+        self.board.rtc_write(blob)  # the board copies it
 
     # -- the cycle -------------------------------------------------------------------------------
 
@@ -212,19 +212,27 @@ class Node:
                 self.ntp_error = repr(exc)
         return DRAIN
 
+    def _connected(self):
+        client = self.client
+        if client is None:  # a state run out of order: a named failure, not an AttributeError
+            raise OSError(107, "not connected")
+        return client
+
     def _drain(self):
+        client = self._connected()
         while True:
             item = self.outbox.oldest()
             if item is None:
                 return NOTICES
             ref, frame = item
-            self.client.publish(self.topics["up"], frame, qos=1)
+            client.publish(self.topics["up"], frame, qos=1)
             self.outbox.ack(ref)  # only now: a frame without PUBACK stays for the next wake
             self.published += 1
 
     def _notices(self):
-        self.client.poll(NOTICE_WAIT_MS)
-        for topic, payload, _retained in self.client.inbox:
+        client = self._connected()
+        client.poll(NOTICE_WAIT_MS)
+        for topic, payload, _retained in client.inbox:
             if topic == self.topics["awake"]:
                 self.awake = payload.strip() == b"1"
             elif topic == self.topics["config"] and payload:
@@ -233,14 +241,14 @@ class Node:
                     self.config.last_refusal = None
             elif topic == self.topics["ota"] and payload:
                 self._take_ota(payload)
-        self.client.inbox = []
+        client.inbox = []
         if self.reports:  # refusals are reported now, while connected
             self._enqueue_frame([(name, unit, value, 0, 0) for name, unit, value in self.reports])
             self.reports = []
             self._drain()
         if not self.safe and self.errors == [] and self.updater is not None:
             self.updater.mark_good()  # a healthy wake on the trial version: keep it
-        self.client.disconnect()
+        client.disconnect()
         self.client = None
         return SLEEP
 

@@ -34,14 +34,29 @@ class _FlashBase:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise FlashError("access %d+%d outside flash of %d bytes" % (offset, length, self.size))
 
+    def _load(self, offset, length):  # each storage provides these three
+        raise NotImplementedError
+
+    def _load_into(self, offset, buf):
+        raise NotImplementedError
+
+    def _store(self, offset, data):
+        raise NotImplementedError
+
     def read(self, offset, length):
         self._check(offset, length)
         return self._load(offset, length)
 
+    def readinto(self, offset, buf):
+        """Fill ``buf`` (a bytearray) from ``offset``: scans reuse one buffer instead of a new bytes per read."""
+        self._check(offset, len(buf))
+        self._load_into(offset, buf)
+
     def write(self, offset, data):
         """Program ``data`` at ``offset``: each stored byte becomes old AND new, as on NOR flash."""
         self._check(offset, len(data))
-        cells = bytearray(self._load(offset, len(data)))
+        cells = bytearray(len(data))
+        self._load_into(offset, cells)
         for i in range(len(data)):  # in place: a list of ints would cost a frame's size in heap several times
             cells[i] &= data[i]
         self._store(offset, cells)
@@ -60,6 +75,7 @@ class RamFlash(_FlashBase):
     def __init__(self, size, block_size=4096):
         super().__init__(size, block_size)
         self.data = bytearray(bytes([ERASED]) * size)
+        self._view = memoryview(self.data)  # slices of it copy nothing
         self._budget = -1  # bytes that may still reach the cells before the cut; -1: no cut armed
 
     def cut_power_after(self, nbytes):
@@ -67,7 +83,10 @@ class RamFlash(_FlashBase):
         self._budget = nbytes
 
     def _load(self, offset, length):
-        return bytes(memoryview(self.data)[offset : offset + length])  # one copy, not two
+        return bytes(self._view[offset : offset + length])  # one copy, not two
+
+    def _load_into(self, offset, buf):
+        buf[:] = self._view[offset : offset + len(buf)]
 
     def _store(self, offset, data):
         if self._budget >= 0 and len(data) > self._budget:
@@ -102,6 +121,12 @@ class FileFlash(_FlashBase):
             f.seek(offset)
             return f.read(length)
 
+    def _load_into(self, offset, buf):
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(buf) != len(buf):
+                raise FlashError("flash file %s shorter than %d" % (self.path, offset + len(buf)))
+
     def _store(self, offset, data):
         with open(self.path, "r+b") as f:
             f.seek(offset)
@@ -126,6 +151,10 @@ class Region:
     def read(self, offset, length):
         self._check(offset, length)
         return self.flash.read(self.start + offset, length)
+
+    def readinto(self, offset, buf):
+        self._check(offset, len(buf))
+        self.flash.readinto(self.start + offset, buf)
 
     def write(self, offset, data):
         self._check(offset, len(data))

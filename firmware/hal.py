@@ -16,9 +16,13 @@ Board interface (duck-typed; MicroPython has no ``typing.Protocol``)::
     time_ms() -> int                         wall clock, ms since the Unix epoch (kept in deep sleep)
     sleep_ms(ms) / deep_sleep(ms)
     watchdog(timeout_ms) -> object with feed() / mark_app_valid()   (ESP32 only: the cycle takes both as hooks)
+    rs485(uart_id, tx, rx, de, baud, bits, parity, stop) -> port     half-duplex line, DE/RE on pin ``de``
+        port.send(frame) / port.recv(n, timeout_ms) / port.discard() / port.char_us
+        (see firmware/drivers/modbus_rtu.py; parity "N", "E" or "O")
 
 The network side (Wi-Fi, TCP sockets, NTP, OTA file fetch) is ``Esp32Network``, the ``net`` of
-``firmware/cycle.py``.
+``firmware/cycle.py``.  Time and OTA files come from the node's gateway (``edge_agent/time_server.py``,
+``edge_agent/ota_server.py``), which nodes reach even when the farm has no internet.
 """
 
 import time
@@ -30,6 +34,57 @@ DS18B20_READ_SCRATCHPAD = 0xBE
 DS18B20_CONVERSION_MS = 750  # 12-bit resolution, datasheet maximum
 FLASH_FILE = "/ft_flash.bin"
 FLASH_SIZE = 64 * 1024
+
+
+def uart_char_us(baud, bits=8, parity="N", stop=1):
+    """Microseconds one character occupies a serial line: start bit, data bits, parity bit, stop bits."""
+    if parity not in ("N", "E", "O"):
+        raise ValueError("parity %r: N, E or O" % (parity,))
+    return (1 + bits + (0 if parity == "N" else 1) + stop) * 1000000 // baud + 1
+
+
+class Esp32Rs485:
+    """A UART wired to an RS485 transceiver whose DE and /RE pins are driven together by one GPIO.
+
+    ``recv`` rounds its wait up to whole FreeRTOS ticks plus one: MicroPython's ESP32 builds tick
+    at 100 Hz and ``pdMS_TO_TICKS`` rounds down, so a 4 ms wait would not wait at all.
+    """
+
+    TICK_MS = 10
+
+    def __init__(self, uart, de_pin, char_us):
+        self._uart = uart
+        self._de = de_pin
+        self.char_us = char_us
+        self._timeout = None
+        de_pin.value(0)  # receiving until we talk
+
+    def send(self, frame):
+        self._de.value(1)
+        try:
+            if hasattr(self._uart, "flush"):
+                self._uart.write(frame)
+                self._uart.flush()  # returns once the last stop bit has left (ESP-IDF uart_wait_tx_done)
+            else:  # write() returns once the bytes are queued: wait for the line time from the start
+                start = time.ticks_us()
+                self._uart.write(frame)
+                left = len(frame) * self.char_us - time.ticks_diff(time.ticks_us(), start)
+                if left > 0:
+                    time.sleep_us(left)
+        finally:
+            self._de.value(0)  # release the line to the device's answer, even after a failed write
+
+    def recv(self, n, timeout_ms):
+        wait = ((timeout_ms + self.TICK_MS - 1) // self.TICK_MS + 1) * self.TICK_MS
+        if wait != self._timeout:
+            self._uart.init(timeout=wait)  # only the timeout changes; line settings stay
+            self._timeout = wait
+        return self._uart.read(n) or b""  # None when nothing came
+
+    def discard(self):
+        waiting = self._uart.any()
+        if waiting:
+            self._uart.read(waiting)
 
 
 class Esp32Board:
@@ -111,14 +166,66 @@ class Esp32Board:
         if hasattr(esp32.Partition, "mark_app_valid_cancel_rollback"):
             esp32.Partition.mark_app_valid_cancel_rollback()
 
+    def rs485(self, uart_id, tx, rx, de, baud=9600, bits=8, parity="N", stop=1):
+        """An RS485 port on UART ``uart_id`` (pins ``tx``/``rx``), transceiver DE and /RE tied to pin ``de``."""
+        char_us = uart_char_us(baud, bits, parity, stop)
+        machine = self._machine
+        uart = machine.UART(
+            uart_id, baudrate=baud, bits=bits, parity={"N": None, "E": 0, "O": 1}[parity], stop=stop, tx=tx, rx=rx
+        )
+        return Esp32Rs485(uart, machine.Pin(de, machine.Pin.OUT), char_us)
+
+
+NTP_DELTA = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
+_NTP_ERA1_BELOW = 3913056000  # 2024-01-01 in NTP era 0: smaller stamps are past the 2036 wrap
+
+
+def sntp_time_ms(host, port=123, timeout_s=2):
+    """Unix time in ms from an SNTP server (RFC 4330); OSError when none answers or the answer is not to be trusted.
+
+    MicroPython's ``ntptime`` asks port 123 only and takes the transmit time of any datagram, even
+    from a server that says its own clock is unsynchronised (leap 3, stratum 0 or 16: a gateway
+    booted without network).  Here the reply must be a server reply (mode 4) echoing this request's
+    random transmit stamp, from a synchronised server (leap 0-2, stratum 1-15).
+    """
+    import os
+    import socket
+    import struct
+
+    nonce = os.urandom(8)
+    request = bytearray(48)
+    request[0] = 0x23  # leap 0, version 4, mode 3 (client), as ntptime sends
+    request[40:48] = nonce
+    addr = socket.getaddrinfo(host, port)[0][-1]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.sendto(request, addr)
+        reply = sock.recv(48)
+    finally:
+        sock.close()
+    if len(reply) < 48 or reply[0] & 0x7 != 4 or reply[24:32] != nonce:
+        raise OSError(5, "not an SNTP answer to this request")
+    if reply[0] >> 6 == 3 or not 1 <= reply[1] <= 15:
+        raise OSError(11, "time server unsynchronised (leap %d, stratum %d)" % (reply[0] >> 6, reply[1]))
+    seconds, fraction = struct.unpack(">II", reply[40:48])
+    if seconds < _NTP_ERA1_BELOW:
+        seconds += 0x100000000
+    return (seconds - NTP_DELTA) * 1000 + (fraction * 1000 >> 32)
+
 
 class Esp32Network:
-    """The cycle's ``net`` on a board: Wi-Fi station, TCP sockets, NTP, OTA files from the gateway over HTTP."""
+    """The cycle's ``net`` on a board: Wi-Fi station, TCP sockets, NTP, OTA files from the gateway over HTTP.
 
-    def __init__(self, ssid, password, ota_host=None, ota_port=8080, ota_prefix="/ota/"):
+    ``ntp_host`` defaults to ``ota_host`` (the gateway); ``ntp_port`` is 123 unless the gateway
+    serves time elsewhere.
+    """
+
+    def __init__(self, ssid, password, ota_host=None, ota_port=8080, ota_prefix="/ota/", ntp_host=None, ntp_port=123):
         self.ssid = ssid
         self.password = password
         self.ota = (ota_host, ota_port, ota_prefix)
+        self.ntp = (ntp_host or ota_host, ntp_port)
 
     def up(self, timeout_ms):
         import network
@@ -146,12 +253,18 @@ class Esp32Network:
         return sock
 
     def ntp_sync(self):
-        import ntptime
+        """Set the RTC from the gateway's SNTP server; OSError (clock untouched) when it cannot be trusted."""
+        import machine
 
-        ntptime.settime()
+        ms = sntp_time_ms(self.ntp[0], self.ntp[1])
+        tm = time.gmtime(ms // 1000)
+        machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], (ms % 1000) * 1000))
 
     def fetch(self, path, offset, n):
-        """``n`` bytes of an OTA file from ``offset``: an HTTP/1.0 range request to the gateway."""
+        """``n`` bytes of an OTA file from ``offset``: an HTTP/1.0 range request to the gateway.
+
+        ``path`` is the file's SHA-256 (``firmware/ota.py`` fetches by content): ``GET /ota/<sha256>``.
+        """
         host, port, prefix = self.ota
         sock = self.tcp_connect(host, port, 5000)
         try:

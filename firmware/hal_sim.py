@@ -5,8 +5,11 @@ scratchpad with its CRC, ADC microvolts), so the drivers above are exercised exa
 node.  ``power_cycle`` models a brown-out: RTC memory and ticks are lost, flash is kept.
 """
 
-from firmware.crc import crc8_dallas, crc8_sensirion
+import struct
+
+from firmware.crc import crc8_dallas, crc8_sensirion, crc16_modbus
 from firmware.flash import RamFlash
+from firmware.hal import uart_char_us
 
 RTC_MEMORY_BYTES = 2048  # ESP32 RTC slow memory available to MicroPython's RTC.memory()
 SHT3X_MEASURE_HIGH = b"\x24\x00"
@@ -48,6 +51,82 @@ def ds18b20_scratchpad(temperature_c, config=0x7F):
     return head + bytes([crc8_dallas(head)])
 
 
+def rtu_frame(pdu_with_slave):
+    """An RTU frame: slave, PDU, then its CRC-16/MODBUS low byte first."""
+    crc = crc16_modbus(pdu_with_slave)
+    return bytes(pdu_with_slave) + bytes([crc & 0xFF, crc >> 8])
+
+
+class SimModbusDevice:
+    """A Modbus RTU slave answering reads (functions 3 and 4) from ``registers``: (function, address) -> value.
+
+    Use it as a board's RS485 responder.  A frame with a bad CRC or for another slave gets silence, as
+    on a real line; an unmapped register an ``illegal data address`` exception, another function
+    ``illegal function``.
+    """
+
+    def __init__(self, slave, registers):
+        self.slave = slave
+        self.registers = registers
+        self.requests = 0
+
+    def __call__(self, request):
+        if len(request) < 4 or crc16_modbus(request[:-2]) != request[-2] | request[-1] << 8:
+            return None
+        if request[0] != self.slave:
+            return None
+        self.requests += 1
+        function = request[1]
+        if function not in (3, 4) or len(request) != 8:
+            return rtu_frame(bytes([self.slave, function | 0x80, 1]))
+        address, count = struct.unpack(">HH", request[2:6])
+        data = bytearray()
+        for a in range(address, address + count):
+            value = self.registers.get((function, a))
+            if value is None:
+                return rtu_frame(bytes([self.slave, function | 0x80, 2]))
+            data += struct.pack(">H", value)
+        return rtu_frame(bytes([self.slave, function, len(data)]) + data)
+
+
+class SimRs485:
+    """The board's RS485 port: a request goes to the responder attached to its UART, the reply waits to be read.
+
+    Line time passes on the board's clock (each character ``char_us``; silence costs the whole
+    timeout), and ``de`` records ``(ticks_ms, level)`` of the DE/RE pin.
+    """
+
+    def __init__(self, board, uart_id, char_us):
+        self.board = board
+        self.uart_id = uart_id
+        self.char_us = char_us
+        self.sent = []  # request frames, in order
+        self.de = []
+        self._pending = b""
+
+    def _line_time(self, chars):
+        self.board.sleep_ms((chars * self.char_us + 999) // 1000)
+
+    def send(self, frame):
+        self.de.append((self.board.ticks_ms(), 1))
+        self.sent.append(bytes(frame))
+        self._line_time(len(frame))  # DE/RE drops only once the last bit is out
+        self.de.append((self.board.ticks_ms(), 0))
+        responder = self.board.rs485_responders.get(self.uart_id)
+        self._pending = (responder(bytes(frame)) if responder is not None else None) or b""
+
+    def recv(self, n, timeout_ms):
+        if not self._pending:
+            self.board.sleep_ms(timeout_ms)
+            return b""
+        data, self._pending = self._pending[:n], self._pending[n:]
+        self._line_time(len(data))
+        return data
+
+    def discard(self):
+        self._pending = b""
+
+
 class SimBoard:
     """Board interface backed by Python values; the tests set sensors and advance time."""
 
@@ -56,6 +135,7 @@ class SimBoard:
         self.adc_uv = {}  # pin -> list of microvolt readings returned in turn (the last one repeats)
         self.onewire = {}  # (pin, rom bytes) -> scratchpad bytes
         self.i2c = {}  # address -> device with write(data) / read(n)
+        self.rs485_responders = {}  # UART id -> callable(request bytes) -> reply bytes, or None for silence
         self._rtc = b""
         self._time_ms = time_ms
         self._ticks_ms = 0
@@ -84,6 +164,13 @@ class SimBoard:
 
     def i2c_read(self, addr, n):
         return self._device(addr).read(n)
+
+    def attach_rs485(self, uart_id, responder):
+        """Wire a simulated device (or line) to UART ``uart_id``: ``responder(request) -> reply or None``."""
+        self.rs485_responders[uart_id] = responder
+
+    def rs485(self, uart_id, tx, rx, de, baud=9600, bits=8, parity="N", stop=1):
+        return SimRs485(self, uart_id, uart_char_us(baud, bits, parity, stop))
 
     def rtc_read(self):
         return self._rtc

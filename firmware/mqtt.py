@@ -30,6 +30,7 @@ DUP = 0x08
 RETAIN = 0x01
 ETIMEDOUT = 110
 MAX_PACKET = 8192 + 256  # the contract's largest node frame plus a topic
+HEAD_BUFFER = 128  # a PUBLISH's fixed and variable header with a node topic; longer topics allocate
 INBOX_LIMIT = 8
 
 
@@ -105,6 +106,9 @@ class MqttClient:
         self.dropped = 0  # incoming messages not kept (inbox full or too large)
         self._pid = 0
         self._head = bytearray(1)  # preallocated: the fixed header is read byte by byte
+        self._out = bytearray(HEAD_BUFFER)  # preallocated: every PUBLISH header is built here
+        self._out_view = memoryview(self._out)
+        self._send_timeout_s = read_timeout_ms / 1000  # a float is a heap object on an ESP32: made once
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -137,12 +141,12 @@ class MqttClient:
     def publish(self, topic, payload, qos=1, retain=False):
         """Publish; at QoS 1 return only once the PUBACK came, resending with DUP on each timeout."""
         if qos == 0:
-            self._send(publish_header(topic, len(payload), 0, retain))
+            self._send(self._publish_header(topic, len(payload), 0, retain, 0, False))
             self._send(payload)
             return
         pid = self._next_pid()
         for attempt in range(self.retries + 1):
-            self._send(publish_header(topic, len(payload), 1, retain, pid, dup=attempt > 0))
+            self._send(self._publish_header(topic, len(payload), 1, retain, pid, attempt > 0))
             self._send(payload)
             if attempt:
                 self.resends += 1
@@ -168,6 +172,29 @@ class MqttClient:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _publish_header(self, topic, payload_len, qos, retain, pid, dup):
+        """``publish_header`` written into the preallocated buffer (a view of it); allocates only the topic's bytes."""
+        name = topic if isinstance(topic, (bytes, bytearray)) else topic.encode()
+        variable = 2 + len(name) + (2 if qos else 0)
+        if variable + 5 > HEAD_BUFFER:
+            return publish_header(name, payload_len, qos, retain, pid, dup)
+        out = self._out
+        out[0] = PUBLISH | (qos << 1) | (RETAIN if retain else 0) | (DUP if dup else 0)
+        n, i = variable + payload_len, 1
+        while True:  # remaining length, 7 bits a byte
+            out[i] = (n & 0x7F) | (0x80 if n > 0x7F else 0)
+            i += 1
+            n >>= 7
+            if not n:
+                break
+        struct.pack_into(">H", out, i, len(name))
+        out[i + 2 : i + 2 + len(name)] = name
+        i += 2 + len(name)
+        if qos:
+            struct.pack_into(">H", out, i, pid)
+            i += 2
+        return self._out_view[:i]
+
     def _next_pid(self):
         self._pid = self._pid % 0xFFFF + 1
         return self._pid
@@ -187,11 +214,11 @@ class MqttClient:
                 raise
             if got == PUBLISH:
                 continue
-            if got == kind and (pid is None or (len(body) >= 2 and struct.unpack(">H", body[:2])[0] == pid)):
+            if got == kind and (pid is None or (len(body) >= 2 and (body[0] << 8 | body[1]) == pid)):
                 return True
 
     def _send(self, data):
-        self.sock.settimeout(self.read_timeout_ms / 1000)
+        self.sock.settimeout(self._send_timeout_s)
         view = memoryview(data)
         while len(view):
             sent = self.sock.send(view)

@@ -10,8 +10,10 @@ message; the node can verify it because it holds that key)::
 
 1. ``verify_manifest`` checks MAC, target, version and every path (relative, no ``..``, never
    into the updater's own directory) before anything is downloaded.
-2. ``Updater.stage`` downloads each file into ``<root>/.ota/stage/`` through ``fetch(path,
+2. ``Updater.stage`` downloads each file into ``<root>/.ota/stage/`` through ``fetch(sha256,
    offset, n)`` in small chunks, hashing as it writes; a wrong size or hash discards the stage.
+   Files are fetched by content (the gateway caches and serves them as ``/ota/<sha256>``,
+   ``edge_agent/ota_server.py``), so one cached file serves every node and path that names it.
 3. ``Updater.switch`` notes the trial in ``.ota/state.json`` *first*, then moves each live file to
    ``.ota/prev/`` and the staged one into place.
 4. At every boot ``Updater.boot`` counts trial boots; ``mark_good`` (after a healthy cycle)
@@ -181,7 +183,7 @@ class Updater:
         size = 0
         with open(target, "wb") as f:
             while size < entry["size"]:
-                chunk = fetch(entry["path"], size, min(CHUNK, entry["size"] - size))
+                chunk = fetch(entry["sha256"], size, min(CHUNK, entry["size"] - size))
                 if not chunk:
                     break
                 sha.update(chunk)

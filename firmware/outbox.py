@@ -29,6 +29,23 @@ _REC_OVERHEAD = 13  # ack, magic, number, length, CRC32
 PENDING = 0xFF
 DELIVERED = 0x00
 _DELIVERED_HEAD = bytes([DELIVERED]) + _REC_MAGIC
+_DELIVERED_BYTE = bytes([DELIVERED])
+_PAYLOAD = 9  # ack, magic, number, length: where the payload starts in a slot
+
+
+def _all_erased(buf):
+    # all() over a generator allocates, and comparing with a record-sized constant costs the constant
+    for i in range(len(buf)):  # noqa: SIM110
+        if buf[i] != 0xFF:
+            return False
+    return True
+
+
+def _starts_with(buf, magic):
+    for i in range(len(magic)):  # noqa: SIM110 - no generator: no allocation
+        if buf[i] != magic[i]:
+            return False
+    return True
 
 
 class OutboxError(ValueError):
@@ -47,11 +64,17 @@ class Outbox:
         if self.segments < 2 or self.slots < 1:
             raise OutboxError("the outbox needs two segments of at least one %d-byte record" % record_size)
         self.capacity = record_size - _REC_OVERHEAD
-        self._erased = b"\xff" * record_size  # compared with every slot read: built once, not per read
+        # every read and write goes through these buffers: a boot scans every slot, and a bytes object
+        # per read cost more heap than the rest of a wake
+        self._buf = bytearray(record_size)
+        self._view = memoryview(self._buf)
+        self._head = bytearray(len(_DELIVERED_HEAD))
+        self._small = bytearray(16)  # segment header, drop note
+        self._small_view = memoryview(self._small)
         self.dropped = 0
         self.torn = 0
         self._pending = []  # (segment, slot, number) in order
-        self._gen = [None] * self.segments
+        self._gen = [None] * self.segments  # type: list[int | None]
         self._scan()
 
     # -- public ----------------------------------------------------------------------------------
@@ -65,12 +88,17 @@ class Outbox:
             raise OutboxError("payload of %d bytes > record capacity %d" % (len(payload), self.capacity))
         if self._slot >= self.slots:
             self._open_next_segment()
-        body = _REC_MAGIC + struct.pack(">IH", self._number, len(payload)) + payload
-        body += b"\xff" * (self.record_size - 5 - len(body))
+        buf, end, n = self._buf, self.record_size - 4, len(payload)
+        buf[1 : 1 + len(_REC_MAGIC)] = _REC_MAGIC
+        struct.pack_into(">IH", buf, 3, self._number, n)
+        buf[_PAYLOAD : _PAYLOAD + n] = payload
+        for i in range(_PAYLOAD + n, end):
+            buf[i] = 0xFF
+        struct.pack_into(">I", buf, end, crc32(self._view[1:end]))
         slot, number = self._slot, self._number
         self._slot += 1  # a cut inside the write leaves a torn slot: never write it again
         self._number += 1
-        self.region.write(self._offset(self._current, slot) + 1, body + struct.pack(">I", crc32(body)))
+        self.region.write(self._offset(self._current, slot) + 1, self._view[1:])  # the ack byte stays erased
         self._pending.append((self._current, slot, number))
 
     def oldest(self):
@@ -78,8 +106,8 @@ class Outbox:
         while self._pending:
             ref = self._pending[0]
             record = self._read_record(ref[0], ref[1])
-            if record is not None and record[0] == PENDING:
-                return ref, record[2]
+            if record is not None and record != "empty" and record[0] == PENDING:
+                return ref, bytes(self._view[_PAYLOAD : _PAYLOAD + record[2]])
             self._pending.pop(0)  # corrupted since it was written, or delivered: skip
             if record is None:
                 self.torn += 1
@@ -87,7 +115,7 @@ class Outbox:
 
     def ack(self, ref):
         """Mark a record delivered (``ref`` from ``oldest``)."""
-        self.region.write(self._offset(ref[0], ref[1]), bytes([DELIVERED]))
+        self.region.write(self._offset(ref[0], ref[1]), _DELIVERED_BYTE)
         if ref in self._pending:
             self._pending.remove(ref)
 
@@ -97,30 +125,35 @@ class Outbox:
         return segment * self.segment_size + HEADER + slot * self.record_size
 
     def _read_header(self, segment):
-        raw = self.region.read(segment * self.segment_size, 16)
-        if raw[:4] != _SEG_MAGIC or struct.unpack(">I", raw[12:])[0] != crc32(raw[:12]):
+        raw = self._small
+        self.region.readinto(segment * self.segment_size, raw)
+        if not _starts_with(raw, _SEG_MAGIC) or struct.unpack_from(">I", raw, 12)[0] != crc32(self._small_view[:12]):
             return None
-        return struct.unpack(">II", raw[4:12])
+        return struct.unpack_from(">II", raw, 4)
 
     def _read_note(self, segment):
         """The dropped total noted in ``segment`` before it opened its successor, or -1."""
-        raw = self.region.read(segment * self.segment_size + 16, 10)
-        if raw[:2] != _NOTE_MAGIC or struct.unpack(">I", raw[6:])[0] != crc32(raw[:6]):
+        raw = self._small
+        self.region.readinto(segment * self.segment_size + 16, raw)
+        if not _starts_with(raw, _NOTE_MAGIC) or struct.unpack_from(">I", raw, 6)[0] != crc32(self._small_view[:6]):
             return -1
-        return struct.unpack(">I", raw[2:6])[0]
+        return struct.unpack_from(">I", raw, 2)[0]
 
     def _read_record(self, segment, slot):
-        """``(ack byte, number, payload)``, ``"empty"`` for an erased slot, or None when torn."""
-        raw = self.region.read(self._offset(segment, slot), self.record_size)
-        if raw == self._erased:
+        """``(ack byte, number, payload length)`` with the slot in ``self._buf``, ``"empty"`` for an erased
+        slot, or None when torn."""
+        buf, end = self._buf, self.record_size - 4
+        self.region.readinto(self._offset(segment, slot), buf)
+        if _all_erased(buf):
             return "empty"
-        body = raw[1:-4]
-        if body[:2] != _REC_MAGIC or struct.unpack(">I", raw[-4:])[0] != crc32(body):
+        if buf[1] != _REC_MAGIC[0] or buf[2] != _REC_MAGIC[1]:
             return None
-        number, length = struct.unpack(">IH", body[2:8])
+        if struct.unpack_from(">I", buf, end)[0] != crc32(self._view[1:end]):
+            return None
+        number, length = struct.unpack_from(">IH", buf, 3)
         if length > self.capacity:
             return None
-        return raw[0], number, body[8 : 8 + length]
+        return buf[0], number, length
 
     def _scan(self):
         """Rebuild the pending list, the write position and the counters from flash (at boot)."""
@@ -139,7 +172,8 @@ class Outbox:
         for _gen, seg, _dropped in order:
             last = 0
             for slot in range(self.slots):
-                if self.region.read(self._offset(seg, slot), 3) == _DELIVERED_HEAD:
+                self.region.readinto(self._offset(seg, slot), self._head)
+                if self._head == _DELIVERED_HEAD:
                     last = slot + 1  # checked when it was sent; reading it whole at every boot costs heap
                     continue
                 record = self._read_record(seg, slot)

@@ -69,7 +69,7 @@ class SequenceCounter:
         if len(blob) < end:
             blob.extend(bytes(end - len(blob)))
         blob[self.rtc_offset : end] = body + struct.pack(">I", crc32(body))
-        self.board.rtc_write(bytes(blob))
+        self.board.rtc_write(blob)  # the board copies it
 
     # -- flash -----------------------------------------------------------------------------------
 

@@ -165,8 +165,8 @@ class FakeNet:
         if self.true_time_ms is not None:
             self.board._time_ms = self.true_time_ms
 
-    def fetch(self, path, offset, n):
-        return self.files[path][offset : offset + n]
+    def fetch(self, sha256, offset, n):
+        return by_sha(self.files)[sha256][offset : offset + n]  # content-addressed, as the gateway serves
 
     def published(self):
         return [p for sock in self.sockets for p in sock.published]
@@ -361,11 +361,17 @@ def _read(path):
         return f.read()
 
 
+def _sha(data):
+    return binascii.hexlify(hashlib.sha256(data).digest()).decode()
+
+
+def by_sha(files):
+    """The files (path -> bytes) by SHA-256, as the gateway's OTA server has them."""
+    return dict((_sha(d), d) for d in files.values())
+
+
 def manifest_frame(version, files, key=KEY, target=NODE):
-    entries = [
-        {"path": p, "sha256": binascii.hexlify(hashlib.sha256(d).digest()).decode(), "size": len(d)}
-        for p, d in files.items()
-    ]
+    entries = [{"path": p, "sha256": _sha(d), "size": len(d)} for p, d in files.items()]
     body = telemetry.encode_body({"v": 1, "k": "ota", "target": target, "version": version, "files": entries})
     return telemetry.sign(key, body)
 
@@ -395,7 +401,8 @@ def test_ota_stage_switch_and_mark_good():
         files = {"app/a.py": b"new a" * 500, "app/lib/b.py": b"new b"}
         updater = ota.Updater(root)
         manifest = ota.verify_manifest(manifest_frame(2, files), KEY, NODE, updater.floor)
-        updater.stage(manifest, lambda path, offset, n: files[path][offset : offset + n])
+        blobs = by_sha(files)
+        updater.stage(manifest, lambda sha, offset, n: blobs[sha][offset : offset + n])
         assert _read(root + "/app/a.py") == b"old a"  # staging changes nothing live
         updater.switch(manifest)
         assert _read(root + "/app/a.py") == files["app/a.py"] and _read(root + "/app/lib/b.py") == b"new b"
@@ -429,7 +436,8 @@ def test_ota_rolls_back_a_trial_that_never_becomes_healthy_even_after_a_cut_mid_
         files = {"a.py": b"new a", "b.py": b"new b", "c.py": b"new c"}
         updater = ota.Updater(root)
         manifest = ota.verify_manifest(manifest_frame(2, files), KEY, NODE, 0)
-        updater.stage(manifest, lambda p, o, n: files[p][o : o + n])
+        blobs = by_sha(files)
+        updater.stage(manifest, lambda sha, o, n: blobs[sha][o : o + n])
         updater.switch(manifest)
         os.remove(root + "/b.py")  # as if the cut came after b's old copy moved, before its new one did:
         os.remove(root + "/c.py")  # b.py missing, c.py not yet there

@@ -1,4 +1,4 @@
-"""``fieldtrust spec``: validate spec files, show a model, certify a device against its spec."""
+"""``fieldtrust spec``: validate spec files, show a model, compact it for a node, certify a device against its spec."""
 
 from __future__ import annotations
 
@@ -90,6 +90,21 @@ def show(model: str = typer.Argument(..., help="Model id, model@version or a spe
             "yes" if p.verified else "no",
         )
     out.print(t)
+
+
+@app.command()
+def compact(model: str = typer.Argument(..., help="Model id, model@version or a spec file (Modbus RTU).")) -> None:
+    """Print the compact JSON a sensor node polls the model with, then its size (on stderr)."""
+    from device_specs.compact import CompactError, to_json
+    from device_specs.compact import compact as compact_form
+
+    try:
+        text = to_json(compact_form(get_spec(model)))
+    except (SpecError, CompactError) as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    print(text)
+    err.print(f"{len(text.encode())} bytes", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""The field technician's laptop tool: firmware bundle, board access, registration."""
