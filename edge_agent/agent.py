@@ -4,6 +4,11 @@ Ownership, one loop each: a thread per physical bus (``BusScheduler``), one for 
 broker (``Intake``), one for the cloud link (``Uplink``), one for heartbeats (``HealthReporter``);
 the main thread only waits for SIGTERM/SIGINT and then stops them, producers first, so nothing
 is captured after the outbox closes.  The outbox is the only state they share, behind its lock.
+
+The services for sensor nodes (``nodes`` in the config) have their own: the relay of config and
+OTA from the cloud (``NodeRelay``, its own local connection; the uplink hands it the downlink),
+the OTA file server and the time server.  They start before the uplink, so the first downlink
+finds them ready, and stop after it.
 """
 
 from __future__ import annotations
@@ -22,8 +27,12 @@ from edge_agent.config import AgentConfig
 from edge_agent.health import HealthReporter, HealthSources
 from edge_agent.intake import Intake
 from edge_agent.logging_setup import LogLimiter
+from edge_agent.node_relay import NodeRelay
+from edge_agent.ota_cache import OtaCache
+from edge_agent.ota_server import OtaHttpServer
 from edge_agent.outbox import Outbox
 from edge_agent.sample import Sample
+from edge_agent.time_server import SntpServer
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -53,9 +62,26 @@ class Agent:
         self._log_limit = LogLimiter(300.0)
         self.counters: Counter[str] = Counter()
         self.outbox = Outbox(cfg.outbox_path, cfg.outbox.max_bytes)
-        self.uplink = Uplink(gateway, self._key, cfg.uplink, self.outbox, sw=SW)
         self.intake = (
             Intake(cfg.intake, self.outbox, f"fieldtrust-gw-{gateway.id}-intake") if cfg.intake.enabled else None
+        )
+        nodes = cfg.nodes
+        serve_files = (nodes.relay and self.intake is not None) or nodes.ota_port is not None
+        self.ota_cache = OtaCache(cfg.ota_cache_dir, int(nodes.cache_mb * 2**20)) if serve_files else None
+        self.relay: NodeRelay | None = None
+        if nodes.relay and self.intake is not None and self.ota_cache is not None:
+            self.relay = NodeRelay(gateway.tenant, gateway.id, self.ota_cache, cfg.intake.broker,
+                                   f"fieldtrust-gw-{gateway.id}-relay", known_ids=nodes.ids,
+                                   heard_nodes=self.intake.heard_nodes)
+        downlink = (self.relay.filters, self.relay.handle_downlink) if self.relay is not None else None
+        self.uplink = Uplink(gateway, self._key, cfg.uplink, self.outbox, sw=SW, downlink=downlink)
+        self.ota_server = (
+            OtaHttpServer(self.ota_cache, nodes.ota_bind, nodes.ota_port)
+            if nodes.ota_port is not None and self.ota_cache is not None else None
+        )
+        self.sntp_server = (
+            SntpServer(nodes.sntp_bind, nodes.sntp_port, clock_synced=clock_synced)
+            if nodes.sntp_port is not None else None
         )
         self.schedulers = [BusScheduler(bus, self._on_sample, clock_synced=clock_synced) for bus in cfg.buses]
         sources = HealthSources(
@@ -69,6 +95,12 @@ class Agent:
         if self.intake is not None:
             sources.counters["intake"] = self.intake.all_counters
             sources.node_states = self.intake.node_states
+        if self.relay is not None:
+            sources.counters["nodes.relay"] = self.relay.all_counters
+        if self.ota_server is not None:
+            sources.counters["nodes.ota_http"] = self.ota_server.all_counters
+        if self.sntp_server is not None:
+            sources.counters["nodes.sntp"] = self.sntp_server.all_counters
         self.health = HealthReporter(
             gateway.id,
             self._key,
@@ -101,6 +133,9 @@ class Agent:
         log.info("gateway %s (tenant %s) starting: %d bus(es), intake %s, outbox %s",
                  self.cfg.gateway.id, self.cfg.gateway.tenant, len(self.schedulers),
                  "on" if self.intake else "off", self.outbox.path)
+        for service in (self.ota_server, self.sntp_server, self.relay):
+            if service is not None:
+                service.start()
         self.uplink.start()
         if self.intake is not None:
             self.intake.start()
@@ -116,6 +151,9 @@ class Agent:
             self.intake.stop()
         self.health.stop()
         self.uplink.stop()
+        for service in (self.relay, self.ota_server, self.sntp_server):
+            if service is not None:
+                service.stop()
         self.outbox.close()
         log.info("gateway %s stopped", self.cfg.gateway.id)
 

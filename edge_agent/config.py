@@ -170,6 +170,27 @@ class UplinkConfig(_Strict):
     reconnect_max_s: float = Field(default=60.0, ge=0.1, le=3600)
 
 
+class NodesConfig(_Strict):
+    """What the gateway serves its sensor nodes: config and OTA relayed from the cloud, OTA files, time.
+
+    The relay needs the local broker (``intake``); the two servers are off until given a port, so
+    that two agents on one machine (tests, the demo) never fight over one.
+    """
+
+    #: relay each node's signed config and OTA manifest from the cloud to the local broker
+    relay: bool = True
+    #: nodes known to belong here before they are first heard (others are learnt from their frames)
+    ids: list[Ident] = []
+    cache_dir: Path | None = None  # OTA files by SHA-256; default: <data_dir>/ota-cache
+    cache_mb: float = Field(default=64, ge=1, le=65_536)
+    #: HTTP server for OTA files (``GET /ota/<sha256>`` with Range); None: off, 0: any free port
+    ota_bind: str = "0.0.0.0"
+    ota_port: int | None = Field(default=None, ge=0, le=65535)
+    #: SNTP server for nodes; stock MicroPython asks port 123 (binding it needs CAP_NET_BIND_SERVICE)
+    sntp_bind: str = "0.0.0.0"
+    sntp_port: int | None = Field(default=None, ge=0, le=65535)
+
+
 class OutboxConfig(_Strict):
     path: Path | None = None  # default: <data_dir>/outbox.db
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
@@ -193,6 +214,7 @@ class AgentConfig(_Strict):
     intake: IntakeConfig = IntakeConfig()
     uplink: UplinkConfig = UplinkConfig()
     outbox: OutboxConfig = OutboxConfig()
+    nodes: NodesConfig = NodesConfig()
     health: HealthConfig = HealthConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -209,6 +231,10 @@ class AgentConfig(_Strict):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.gateway.data_dir / "outbox.db"
+
+    @property
+    def ota_cache_dir(self) -> Path:
+        return self.nodes.cache_dir or self.gateway.data_dir / "ota-cache"
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -1,8 +1,9 @@
 """The gateway's heartbeat: what every part reports about itself, signed and sent on a timer.
 
 A gateway in a village is visited rarely; its heartbeat is how anyone learns that a sensor went
-quiet, the disk is filling, the outbox is backing up (and since when), or readings were dropped
-because it overflowed.  Each part keeps its own counters; this module only collects them into a
+quiet, a node's battery is running down or its firmware refused an update, the disk is filling,
+the outbox is backing up (and since when), or readings were dropped because it overflowed.
+Each part keeps its own counters; this module only collects them into a
 ``contract.models.Health`` body and signs it with the gateway key.
 """
 
@@ -90,6 +91,12 @@ class HealthReporter:
                     last_good_ms=state.last_good_ms,
                     errors=state.rejected,
                     state=_PRESENCE_STATE.get(state.presence, "unknown"),  # type: ignore[arg-type]
+                    battery=state.battery,
+                    battery_unit=state.battery_unit,
+                    rssi=state.rssi,
+                    fw=state.fw,
+                    last_seq=None if state.last_key is None else state.last_key[1],
+                    refused=state.refused,
                 )
         return models.Health(
             k="health",

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from contract import models, topics
 from contract.telemetry import (
@@ -45,16 +45,49 @@ MAX_TRACKED_NODES = 256
 MAX_CONFLICTS_REMEMBERED = 4096
 
 ACCEPTED = "accepted"
+#: records a node sends when it refuses a config or an OTA manifest (``firmware/cycle.py``), value the reason
+NODE_REFUSAL_RECORDS = ("config_refused", "ota_refused")
+#: distinct refusal reasons kept per node
+MAX_REFUSAL_KINDS = 32
 
 
 @dataclass(slots=True)
 class NodeState:
-    """What the gateway knows of one node, for health: presence and last good frame."""
+    """What the gateway knows of one node, for health: presence, last good frame, what it last said.
+
+    Battery, RSSI and firmware come from the frame with the highest (ep, seq) seen, so a backlog
+    drained after fresh frames does not put old values back.
+    """
 
     presence: str = "unknown"  # birth, will, or unknown
     presence_at_ms: int | None = None
     last_good_ms: int | None = None
     rejected: int = 0
+    fw: str | None = None  # the birth's sw; a frame's fw until a birth is heard
+    fw_from_birth: bool = False
+    last_key: tuple[int, int] | None = None  # (ep, seq) of the newest frame
+    battery: float | None = None
+    battery_unit: str | None = None
+    rssi: float | None = None
+    refused: dict[str, int] = field(default_factory=dict)  # "<record>.<reason>" -> count
+
+    def note_frame(self, tel: models.Telemetry) -> None:
+        for rec in tel.r:
+            if rec.n in NODE_REFUSAL_RECORDS:
+                kind = f"{rec.n}.{rec.value}"
+                if kind in self.refused or len(self.refused) < MAX_REFUSAL_KINDS:
+                    self.refused[kind] = self.refused.get(kind, 0) + 1
+        key = (tel.ep, tel.seq)
+        if self.last_key is not None and key < self.last_key:
+            return
+        self.last_key = key
+        if not self.fw_from_birth:
+            self.fw = tel.fw
+        for rec in tel.r:
+            if rec.n == "battery" and rec.v is not None:
+                self.battery, self.battery_unit = float(rec.v), rec.u
+            elif rec.n == "rssi" and rec.v is not None:
+                self.rssi = float(rec.v)
 
 
 class Intake:
@@ -94,8 +127,12 @@ class Intake:
 
     def node_states(self) -> dict[str, NodeState]:
         with self._nodes_lock:
-            return {node: NodeState(s.presence, s.presence_at_ms, s.last_good_ms, s.rejected)
-                    for node, s in self._nodes.items()}
+            return {node: replace(s, refused=dict(s.refused)) for node, s in self._nodes.items()}
+
+    def heard_nodes(self) -> list[str]:
+        """The nodes heard with a valid frame or birth/will (not only rejected ones), still remembered."""
+        with self._nodes_lock:
+            return [node for node, s in self._nodes.items() if s.last_good_ms is not None or s.presence != "unknown"]
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.endswith("/state"):
@@ -139,7 +176,9 @@ class Intake:
         while len(window) > self.cfg.replay_window:
             window.popitem(last=False)
         with self._nodes_lock:
-            self._state(node).last_good_ms = int(self._time() * 1000)
+            state = self._state(node)
+            state.last_good_ms = int(self._time() * 1000)
+            state.note_frame(tel)
         self.counters[ACCEPTED] += 1
         return ACCEPTED
 
@@ -198,5 +237,7 @@ class Intake:
         with self._nodes_lock:
             state = self._state(node)
             state.presence, state.presence_at_ms = presence.k, presence.at
+            if presence.k == "birth" and presence.sw:
+                state.fw, state.fw_from_birth = presence.sw, True
         self.counters["states"] += 1
         return presence.k

@@ -6,8 +6,9 @@ delete data) is the only thing that removes a batch from the outbox.  A batch is
 stored *before* it is published, and re-sent with the same bytes until receipted, so the
 delivery is at least once and the cloud's duplicate rule makes it exactly-once storage.
 
-Everything here runs on the link's thread (receipts, the periodic tick, birth on connect),
-except :meth:`Uplink.publish_health`, which goes through paho's thread-safe ``publish``.
+Everything here runs on the link's thread (receipts, the periodic tick, birth on connect, and the
+downlink for the gateway's nodes, handed to ``edge_agent.node_relay``), except
+:meth:`Uplink.publish_health`, which goes through paho's thread-safe ``publish``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from contract import models, topics
 from contract.telemetry import (
@@ -53,9 +54,12 @@ class Uplink:
         outbox: Outbox,
         *,
         sw: str,
+        downlink: tuple[Sequence[str], Callable[[str, bytes], object]] | None = None,
         time_fn: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``downlink``: (topic filters, handler) for what the cloud sends the gateway's nodes
+        (``edge_agent.node_relay``); subscribed on this connection beside the receipts."""
         self.gw = gateway.id
         self.tenant = gateway.tenant
         self.ep = gateway.key_epoch
@@ -87,11 +91,12 @@ class Uplink:
         self.topic_receipt = topics.gateway(self.tenant, self.gw, "receipt")
         self.topic_health = topics.gateway(self.tenant, self.gw, "health")
         self.topic_state = topics.gateway(self.tenant, self.gw, "state")
+        self._downlink = downlink[1] if downlink is not None else None
         self.link = MqttLink(
             cfg.broker,
             cfg.client_id or f"fieldtrust-gw-{self.gw}",
-            on_message=self._on_receipt,
-            subscriptions=[(self.topic_receipt, 1)],
+            on_message=self._on_message,
+            subscriptions=[(self.topic_receipt, 1)] + [(f, 1) for f in (downlink[0] if downlink else ())],
             on_connected=self._on_connected,
             on_tick=self._tick,
             will=self._will,
@@ -244,6 +249,12 @@ class Uplink:
         return sign(self._key, body), n
 
     # -- receipts --------------------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topic_receipt or self._downlink is None:
+            self._on_receipt(topic, payload)
+        else:
+            self._downlink(topic, payload)
 
     def _on_receipt(self, _topic: str, payload: bytes) -> None:
         try:

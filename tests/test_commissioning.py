@@ -43,7 +43,7 @@ def test_scan_finds_the_units_and_names_their_models(
 ) -> None:
     sim, _soil, _meter = line
     seen: list[int] = []
-    found = scan(RtuTransport(sim.port, BAUD, "E", 1), range(1, 7), timeout_s=0.05, on_unit=seen.append)
+    found = scan(RtuTransport(sim.port, BAUD, "E", 1), range(1, 7), timeout_s=0.3, on_unit=seen.append)
     assert seen == [1, 2, 3, 4, 5, 6]
     assert {r.unit: r.verdict for r in found} == {3: "jxct-soil-7in1@1.0.0", 5: "eastron-sdm120-modbus@1.0.0"}
     soil = next(r for r in found if r.unit == 3)
@@ -57,11 +57,11 @@ def test_two_specs_explaining_the_same_points_are_ambiguous(
     sim, soil, _meter = line
     twin = soil.spec.model_copy(update={"model": "jxct-soil-7in1-twin"})
     meter_spec = get_spec("eastron-sdm120-modbus")
-    found = scan(RtuTransport(sim.port, BAUD, "E", 1), [3], specs=[soil.spec, twin, meter_spec], timeout_s=0.05)
+    found = scan(RtuTransport(sim.port, BAUD, "E", 1), [3], specs=[soil.spec, twin, meter_spec], timeout_s=0.3)
     assert [r.verdict for r in found] == [AMBIGUOUS]
     let_the_simulator_reset_its_pty()
     soil.pin("soil_ph", 14.0)  # outside 3..9: no spec explains this device completely any more
-    found = scan(RtuTransport(sim.port, BAUD, "E", 1), [3], specs=[soil.spec], timeout_s=0.05)
+    found = scan(RtuTransport(sim.port, BAUD, "E", 1), [3], specs=[soil.spec], timeout_s=0.3)
     assert found[0].verdict == UNKNOWN and "soil_ph" in found[0].candidates[0].problems[0]
 
 

@@ -1,7 +1,9 @@
 """`fieldtrust demo`: the whole path on the embedded defaults, accounted for from the database.
 
 Embedded PostgreSQL and a private broker on free ports (FIELDTRUST_DATABASE_URL and
-FIELDTRUST_MQTT_URL unset), the demo's data in the test's folder (FIELDTRUST_DEMO_DIR).
+FIELDTRUST_MQTT_URL unset), the demo's data in the test's folder (FIELDTRUST_DEMO_DIR).  One run
+uses the test server's PostgreSQL instead, which outlives the run, to read the node frames stored:
+they come from the node firmware itself (its version, its clock-sync field, its sequence numbers).
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 from rich.console import Console
 
+from contract import telemetry
 from fieldtrust import processes
-from fieldtrust.demo import DEMO_DIR_ENV, DemoOptions, run_demo
+from fieldtrust.demo import DEMO_DIR_ENV, Account, DemoOptions, run_demo
+from fieldtrust.demo.farm import LEGACY_SEQUENCES, legacy_sequence_floors
+from fieldtrust.demo.plan import NODE_WAKE_S, FarmPlan
+from fieldtrust.demo.report import print_account
+from firmware.main import FW
 
 #: settings that would send the demo elsewhere than its embedded defaults
 FOREIGN_SETTINGS = ("FIELDTRUST_DATABASE_URL", "FIELDTRUST_MQTT_URL", "FIELDTRUST_KEK", "FIELDTRUST_KEK_FILE",
@@ -122,6 +130,7 @@ def test_demo_runs_the_whole_path_and_stores_every_reading_once(first_run):
     assert "embedded PostgreSQL" in out and f"data in {first_run.data_dir / 'pg'}" in out
     assert first_run.api_ready == 200
     assert {"f1-soil-north", "f1-pump-meter", "f1-node-1"} <= set(first_run.devices_listed)
+    assert f"3 sensor nodes running the firmware ({FW}" in out
     produced, stored = map(int, TOTAL_ROW.search(out).groups())  # type: ignore[union-attr]
     assert stored == produced > 0, out
     assert "conflicts: 0" in out and "nothing lost" in out
@@ -156,3 +165,44 @@ def test_the_demo_on_amqtt_one_worker_without_shared_subscriptions(tmp_path, emb
             time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, left
+
+
+def test_node_readings_come_from_the_firmware_nodes(fresh_db, embedded, monkeypatch, tmp_path):
+    monkeypatch.setenv("FIELDTRUST_DATABASE_URL", fresh_db)  # outlives the run: its node frames can be read after
+    account = run_demo(DemoOptions(farms=1, duration_s=NODE_WAKE_S + 3, data_dir=tmp_path), Console(width=200))
+    assert account.ok and account.produced_nodes > 0
+    with psycopg.connect(fresh_db) as conn:
+        frames = conn.execute("SELECT device_id, frame FROM ft.messages WHERE trust = 1 ORDER BY device_id, seq"
+                              ).fetchall()
+        row = conn.execute("SELECT count(*) FROM ft.readings WHERE trust = 1").fetchone()
+    bodies: dict[str, list[dict]] = {}
+    for device, frame in frames:
+        bodies.setdefault(device, []).append(telemetry.peek(bytes(frame))[0])
+    assert set(bodies) == set(FarmPlan(1).node_ids)
+    for device, sent in bodies.items():
+        assert len(sent) >= 2, (device, sent)  # woken more than once
+        assert {b["fw"] for b in sent} == {FW}
+        assert [b["seq"] for b in sent] == list(range(len(sent)))
+        assert sent[0]["sync"] == -1 and all(b["sync"] >= 0 for b in sent[1:])  # NTP at the first connect
+    readings = sum(len(b["r"]) for sent in bodies.values() for b in sent)
+    assert row is not None and readings == row[0] == account.stored_nodes == account.produced_nodes
+
+
+def test_the_account_tells_readings_left_on_the_nodes_from_unknown_ones():
+    account = Account(produced_gateway=10, produced_nodes=9, stored_gateway=10, stored_nodes=5)
+    console = Console(record=True, width=200)
+    print_account(console, account, queued_nodes=4)
+    assert "not stored in this run: 4, every one accounted for: 4 still in the nodes' outboxes" in console.export_text()
+    console = Console(record=True, width=200)
+    print_account(console, account, queued_nodes=3)
+    assert "readings unaccounted for: 1 (produced 19, stored 15; 3 still in the nodes' outboxes" in \
+        console.export_text()
+
+
+def test_sequence_floors_from_the_old_node_publisher(tmp_path):
+    assert legacy_sequence_floors(tmp_path) == {}
+    (tmp_path / LEGACY_SEQUENCES).write_text('{"f1-node-1": 2000}')
+    assert legacy_sequence_floors(tmp_path) == {"f1-node-1": 2000}
+    (tmp_path / LEGACY_SEQUENCES).write_text('{"f1-node-1": "x"}')
+    with pytest.raises(ValueError, match=LEGACY_SEQUENCES):
+        legacy_sequence_floors(tmp_path)

@@ -4,49 +4,42 @@
   soil probe, a weather station and a rain gauge, and a Modbus TCP pump house with an energy
   meter and a well-level transmitter (``hardware`` simulators, driven by the device specs, all
   seeing one farm's weather);
-* the gateway's local broker (private, on a free port) and sensor nodes that sign each message
-  with their own key through ``contract.telemetry`` (the module the MicroPython firmware runs)
-  and publish it there, as the firmware does;
+* the gateway's local broker (private, on a free port) and sensor nodes that run the node
+  firmware itself (``hardware.virtual_node``: ``firmware.cycle.Node`` on a simulated board whose
+  probes read the farm's weather), each signing with its own key and publishing there;
 * the gateway agent (``edge_agent``): bus schedulers, node intake, outbox, signed batches to the
   cloud broker, deleting from its outbox only on the cloud's signed receipts.
 
-Everything the farm writes lives in its folder (outbox, broker sessions, node sequence numbers),
-so a second run carries on where the first stopped.
+Everything the farm writes lives in its folder (outbox, broker sessions, each node's flash with
+its sequence numbers, config and unsent frames), so a second run carries on where the first stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import threading
-import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
-from contract import topics
-from contract.telemetry import encode_body, record, sign, telemetry
 from device_specs.registry import get_spec
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig, parse_config
 from edge_agent.sample import Sample
-from fieldtrust.demo.plan import FarmPlan
-from fieldtrust.demo.registration import FarmIdentity
+from fieldtrust.demo.plan import NODE_INTERVAL_S, NODE_WAKE_S, FarmPlan
+from fieldtrust.demo.registration import DemoError, FarmIdentity
 from fieldtrust.services.broker import BrokerKind, LocalBroker, start_local_broker
+from firmware.main import FW
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.signals import SignalModel
 from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator
+from hardware.virtual_node import NodeSettings, VirtualNode
 
 POLL_INTERVAL_S = 1.0
-#: a node wakes, samples, signs and publishes this often (real nodes: minutes; the demo is in a hurry)
-NODE_INTERVAL_S = 2.0
-NODE_READINGS = 3  # records per node message
+#: where an earlier version of the demo kept its nodes' sequence reservations (read once, for a floor)
+LEGACY_SEQUENCES = "node-sequences.json"
 
 log = logging.getLogger(__name__)
 
@@ -70,64 +63,22 @@ class CountingAgent(Agent):
                 self.readings_captured += len(sample.records)
 
 
-class SequenceStore:
-    """Node sequence numbers that survive restarts, reserved in blocks and written before use.
+def legacy_sequence_floors(workdir: Path) -> dict[str, int]:
+    """Node id -> first sequence number not reserved by the demo's old node publisher (none: {}).
 
-    A node that reused a sequence number after a restart would send the same message identity
-    with other bytes — a conflict, rightly refused.  Firmware keeps its counter in flash the same
-    way: write the end of a block, then count within it; after a restart start at the block's end.
+    A data folder from before the nodes ran the firmware has messages under the nodes' keys but no
+    node flash; the firmware must start above what was used, or the cloud sees conflicts.
     """
-
-    BLOCK = 1000
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._reserved: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
-        self._next = dict(self._reserved)
-
-    def take(self, node: str) -> int:
-        seq = self._next.get(node, 0)
-        if seq >= self._reserved.get(node, 0):
-            self._reserved[node] = seq + self.BLOCK
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._reserved))
-            os.replace(tmp, self.path)
-        self._next[node] = seq + 1
-        return seq
-
-
-class VirtualNode:
-    """A sensor node's message path in CPython: sample, sign with its own key, publish QoS 1 (MQTT 3.1.1)."""
-
-    def __init__(self, node_id: str, epoch: int, key: bytes, broker: LocalBroker, signals: SignalModel,
-                 seqs: SequenceStore) -> None:
-        self.node_id, self.epoch, self.key, self.signals, self.seqs = node_id, epoch, key, signals, seqs
-        self.sent = 0
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-{node_id}-{uuid.uuid4().hex[:6]}",
-                                   protocol=paho.MQTTv311)
-        self._client.connect(broker.host, broker.port)
-        self._client.loop_start()
-
-    def publish(self) -> None:
-        now = time.time()
-        recs = [
-            record("soil_moisture", "%", round(self.signals.soil_moisture(now), 1)),
-            record("soil_temperature", "Cel", round(self.signals.soil_temperature(now), 2)),
-            record("battery_voltage", "V", 3.9),
-        ]
-        body = encode_body(telemetry(self.node_id, self.epoch, self.seqs.take(self.node_id), int(now * 1000), recs,
-                                     "fw/0.1.0", sync_age_s=120))
-        info = self._client.publish(topics.node(self.node_id, "up"), sign(self.key, body), qos=1)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):  # NO_CONN: queued until it reconnects
-            log.warning("node %s: message %s not queued: %s", self.node_id, info.mid, paho.error_string(info.rc))
-            return
-        self.sent += 1  # handed to the client at QoS 1: it goes, now or after a reconnect
-        with contextlib.suppress(RuntimeError, ValueError):  # the wait only paces the node; a slow ack is no loss
-            info.wait_for_publish(2)
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+    path = workdir / LEGACY_SEQUENCES
+    if not path.exists():
+        return {}
+    try:
+        floors = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); remove it only if its farm's node flash files exist") from None
+    if not isinstance(floors, dict) or not all(isinstance(v, int) and v >= 0 for v in floors.values()):
+        raise ValueError(f"{path}: expected {{node id: next sequence number}}; got {floors!r:.200}")
+    return floors
 
 
 def _gateway_config(plan: FarmPlan, identity: FarmIdentity, tenant: str, workdir: Path, uplink: dict, intake: dict,
@@ -151,7 +102,7 @@ def _gateway_config(plan: FarmPlan, identity: FarmIdentity, tenant: str, workdir
 
 
 class VirtualFarm:
-    """Start with :meth:`start`; :meth:`stop_producers`, :meth:`wait_drained`, then :meth:`stop`."""
+    """Start with :meth:`start`; :meth:`stop_producers`, :meth:`drained`, then :meth:`stop`."""
 
     def __init__(self, plan: FarmPlan, identity: FarmIdentity, workdir: Path, tenant: str, uplink: dict,
                  broker_kind: BrokerKind) -> None:
@@ -163,12 +114,24 @@ class VirtualFarm:
         self.tcp: TcpSimulator | None = None
         self.agent: CountingAgent | None = None
         self.nodes: list[VirtualNode] = []
-        self._producing = False
         self._stopped = False
 
     def _simulated(self, entries: list[tuple[str, str, int]]) -> list[SimulatedDevice]:
         return [SimulatedDevice(get_spec(spec), unit, seed=self.plan.index, signals=self.signals)
                 for _, spec, unit in entries]
+
+    def _virtual_nodes(self, broker: LocalBroker) -> list[VirtualNode]:
+        try:
+            floors = legacy_sequence_floors(self.workdir)
+        except ValueError as exc:
+            raise DemoError(str(exc)) from None
+        nodes = []
+        for node_id in self.plan.node_ids:
+            epoch, key = self.identity.node_keys[node_id]
+            settings = NodeSettings(node_id, key, broker.host, broker.port, epoch=epoch, interval_s=NODE_INTERVAL_S)
+            nodes.append(VirtualNode(settings, self.signals, self.workdir / "nodes" / f"{node_id}.flash",
+                                     wake_every_s=NODE_WAKE_S, seq_floor=floors.get(node_id, 0)))
+        return nodes
 
     def start(self) -> VirtualFarm:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -181,23 +144,16 @@ class VirtualFarm:
         cfg = parse_config(yaml.safe_dump(raw), f"{self.plan.gateway_id}.yaml")
         self.agent = CountingAgent(cfg)
         self.agent.start()
-        seqs = SequenceStore(self.workdir / "node-sequences.json")
-        self.nodes = [VirtualNode(node, *self.identity.node_keys[node], self.broker, self.signals, seqs)
-                      for node in self.plan.node_ids]
-        self._producing = True
+        for node in self._virtual_nodes(self.broker):
+            self.nodes.append(node.start())  # listed as started, so that stop() stops it
         return self
 
     def describe(self) -> str:
         assert self.rtu is not None and self.tcp is not None and self.broker is not None
         return (f"{self.plan.farm_id} ({self.plan.crop}): gateway {self.plan.gateway_id}; RS485 on {self.rtu.port} "
                 f"({len(self.plan.rtu_devices)} devices), Modbus TCP on 127.0.0.1:{self.tcp.port} "
-                f"({len(self.plan.tcp_devices)} devices), {len(self.nodes)} nodes via its broker on "
-                f"{self.broker.host}:{self.broker.port}")
-
-    def publish_nodes(self) -> None:
-        if self._producing:
-            for node in self.nodes:
-                node.publish()
+                f"({len(self.plan.tcp_devices)} devices), {len(self.nodes)} sensor nodes running the firmware "
+                f"({FW}, woken every {NODE_WAKE_S:g} s) via its broker on {self.broker.host}:{self.broker.port}")
 
     # -- what it produced, what is left -------------------------------------------------------------
 
@@ -206,12 +162,24 @@ class VirtualFarm:
         return self.agent.readings_captured if self.agent is not None else 0
 
     @property
-    def node_messages(self) -> int:
-        return sum(node.sent for node in self.nodes)
+    def produced_nodes(self) -> int:
+        """Readings in the frames the nodes' firmware put into their outboxes in this run."""
+        return sum(node.tally.readings_enqueued for node in self.nodes)
 
     @property
-    def produced_nodes(self) -> int:
-        return self.node_messages * NODE_READINGS
+    def queued_nodes(self) -> int:
+        """Readings of this run still in the nodes' outboxes (on their flash: sent at a later wake)."""
+        return sum(node.tally.readings_queued for node in self.nodes)
+
+    @property
+    def dropped_nodes(self) -> int:
+        """Readings of this run the nodes' full outboxes dropped (the firmware counts them)."""
+        return sum(node.tally.readings_dropped for node in self.nodes)
+
+    @property
+    def node_frames_delivered(self) -> int:
+        """Frames the local broker acknowledged to the nodes, an earlier run's leftovers included."""
+        return sum(node.tally.frames_delivered + node.tally.carried_delivered for node in self.nodes)
 
     def outbox_depth(self) -> int:
         return self.agent.outbox.stats().depth if self.agent is not None else 0
@@ -222,28 +190,33 @@ class VirtualFarm:
     # -- wind down ----------------------------------------------------------------------------------
 
     def stop_producers(self) -> None:
-        """No more readings: the nodes fall silent, the buses stop (a poll in progress is captured first)."""
-        self._producing = False
+        """No more readings: each node ends the wake it is in and stays off, the buses stop (a poll in
+        progress is captured first)."""
+        for node in self.nodes:
+            node.stop()
         if self.agent is not None:
             for scheduler in self.agent.schedulers:
                 scheduler.stop()
 
     def drained(self) -> bool:
-        """The gateway took every node message sent, and the cloud receipted every batch."""
+        """The gateway handled every node frame the broker acknowledged, and the cloud receipted every batch."""
         if self.agent is None:
             return True
         intake = self.agent.intake
-        taken = intake.counters["accepted"] + intake.counters["duplicates"] if intake is not None else 0
-        return taken >= self.node_messages and self.agent.outbox.stats().depth == 0
+        handled = 0
+        if intake is not None:  # captured (accepted, or forwarded as a conflict), dropped as a repeat, or refused
+            handled = sum(n for name, n in intake.counters.items()
+                          if name in ("accepted", "duplicates", "conflicts")
+                          or (name.startswith("rejected.") and not name.startswith("rejected.state_")))
+        return handled >= self.node_frames_delivered and self.agent.outbox.stats().depth == 0
 
     def stop(self) -> None:
         """Stop everything the farm started (safe to call twice, and after a failed start); counts stay readable."""
         if self._stopped:
             return
         self._stopped = True
-        self._producing = False
         for node in self.nodes:
-            node.close()
+            node.stop()
         if self.agent is not None:
             self.agent.stop()
         for sim in (self.tcp, self.rtu):

@@ -16,6 +16,10 @@ RTU_DEVICES = (("soil-north", "jxct-soil-7in1", 1), ("weather-mast", "renke-weat
 #: (name, spec, Modbus unit) behind the farm's Modbus TCP pump-house controller
 TCP_DEVICES = (("pump-meter", "eastron-sdm120-modbus", 1), ("well-level", "keller-series30-level", 2))
 NODES_PER_FARM = 3
+#: the sensor nodes' interval in their signed config: the firmware's shortest (real nodes: 10-15 min)
+NODE_INTERVAL_S = 60
+#: a demo is in a hurry: the nodes are woken this often (their clock stays the host's, see hardware.virtual_node)
+NODE_WAKE_S = 5.0
 CROPS = ("maize", "rice", "cassava", "sorghum")
 
 

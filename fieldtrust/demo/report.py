@@ -43,11 +43,11 @@ def print_where(console: Console, stack: CloudStack, farms: list[VirtualFarm], s
 def live_view(stack: CloudStack, farms: list[VirtualFarm], elapsed_s: float, note: str = "") -> RenderableType:
     """Progress while running: per farm what was produced and is queued, per worker what it stored."""
     fields = Table(title=f"The field ({elapsed_s:.0f} s)", title_justify="left")
-    for col in ("farm", "gateway", "bus readings", "node readings", "outbox", "receipts"):
+    for col in ("farm", "gateway", "bus readings", "node readings", "on the nodes", "outbox", "receipts"):
         fields.add_column(col, justify="left" if col in ("farm", "gateway") else "right")
     for farm in farms:
         fields.add_row(farm.plan.farm_id, farm.plan.gateway_id, str(farm.produced_gateway), str(farm.produced_nodes),
-                       str(farm.outbox_depth()), str(farm.receipts()))
+                       str(farm.queued_nodes), str(farm.outbox_depth()), str(farm.receipts()))
     cloud = Table(title="The cloud (ingest workers' counters)", title_justify="left")
     for col in ("worker", "messages", "readings stored", "node-signed", "duplicates", "rejected", "lag (s)"):
         cloud.add_column(col, justify="left" if col == "worker" else "right")
@@ -71,13 +71,15 @@ def progress_line(farms: list[VirtualFarm], stack: CloudStack, elapsed_s: float)
     return f"{elapsed_s:5.0f} s: {produced} readings produced, {stored} stored, {depth} in outboxes"
 
 
-def print_account(console: Console, account: Account) -> None:
+def print_account(console: Console, account: Account, *, queued_nodes: int = 0, dropped_nodes: int = 0) -> None:
+    """The account; ``queued_nodes``/``dropped_nodes``: readings of this run still in the nodes' outboxes, or
+    dropped by a full one (the node firmware's own counts), so that a reading not stored is not unknown."""
     table = Table(title="Account of this run (counted in the database)", title_justify="left")
     for col in ("readings", "produced", "stored once"):
         table.add_column(col, justify="left" if col == "readings" else "right")
     table.add_row("gateway-attested (Modbus, RS485 and TCP)", str(account.produced_gateway),
                   str(account.stored_gateway))
-    table.add_row("node-signed (sensor nodes over MQTT)", str(account.produced_nodes), str(account.stored_nodes))
+    table.add_row("node-signed (firmware nodes over MQTT)", str(account.produced_nodes), str(account.stored_nodes))
     table.add_row("[bold]total[/bold]", str(account.produced), str(account.stored))
     console.print(table)
     rejected = ", ".join(f"{reason} {n}" for reason, n in account.rejected.items()) or "none"
@@ -94,5 +96,12 @@ def print_account(console: Console, account: Account) -> None:
         console.print("[green bold]nothing lost[/green bold]: every reading produced is stored once")
     else:
         missing = account.produced - account.stored
-        console.print(f"[red bold]readings unaccounted for: {missing}[/red bold] (produced {account.produced}, "
-                      f"stored {account.stored}, conflicts {account.conflicts})")
+        dead = sum(account.rejected.values())
+        unknown = missing - queued_nodes - dropped_nodes - dead
+        known = (f"{queued_nodes} still in the nodes' outboxes (sent at their next wake), {dropped_nodes} dropped by "
+                 f"full node outboxes, {dead} dead letters, conflicts {account.conflicts}")
+        if unknown > 0 or account.conflicts:
+            console.print(f"[red bold]readings unaccounted for: {unknown}[/red bold] (produced {account.produced}, "
+                          f"stored {account.stored}; {known})")
+        else:
+            console.print(f"[yellow]not stored in this run: {missing}[/yellow], every one accounted for: {known}")

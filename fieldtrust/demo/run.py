@@ -28,7 +28,7 @@ from rich.live import Live
 from cloud.store import db
 from fieldtrust.demo import report
 from fieldtrust.demo.account import Account, count_run, tenant_readings
-from fieldtrust.demo.farm import NODE_INTERVAL_S, VirtualFarm
+from fieldtrust.demo.farm import VirtualFarm
 from fieldtrust.demo.plan import TENANT_ID, farm_plans
 from fieldtrust.demo.stack import CloudStack
 from fieldtrust.services.broker import BrokerKind, choose_kind
@@ -127,26 +127,19 @@ class _Display:
             self._live.__exit__(None, None, None)
 
 
-def _produce(stop: threading.Event, duration_s: float | None, farms: list[VirtualFarm], display: _Display) -> None:
-    """Let the farms run until the duration is over or a stop is asked for; the nodes publish on their beat."""
-    started = time.monotonic()
-    deadline = started + duration_s if duration_s is not None else None
-    next_nodes = started
+def _produce(stop: threading.Event, duration_s: float | None, display: _Display) -> None:
+    """Let the farms run (buses and nodes on their own threads) until the duration is over or a stop is asked for."""
+    deadline = time.monotonic() + duration_s if duration_s is not None else None
     while not stop.is_set():
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             return
-        if now >= next_nodes:
-            for farm in farms:
-                farm.publish_nodes()
-            next_nodes += NODE_INTERVAL_S
         display.update()
-        wake = min(next_nodes, deadline) if deadline is not None else next_nodes
-        stop.wait(max(0.0, min(0.5, wake - time.monotonic())))
+        stop.wait(min(0.5, deadline - now) if deadline is not None else 0.5)
 
 
 def _drain(farms: list[VirtualFarm], display: _Display, timeout: float) -> bool:
-    """Wait until every farm's gateway took its nodes' messages and every batch is receipted."""
+    """Wait until every farm's gateway took its nodes' frames and every batch is receipted."""
     deadline = time.monotonic() + timeout
     while not all(farm.drained() for farm in farms):
         if time.monotonic() > deadline:
@@ -187,7 +180,7 @@ def run_demo(options: DemoOptions | None = None, console: Console | None = None)
 
         producing_since = time.monotonic()
         with _Display(console, stack, farms, producing_since) as display:
-            _produce(stop, options.duration_s, farms, display)
+            _produce(stop, options.duration_s, display)
             seconds = time.monotonic() - producing_since
             for farm in farms:
                 farm.stop_producers()
@@ -201,5 +194,6 @@ def run_demo(options: DemoOptions | None = None, console: Console | None = None)
                 conn, TENANT_ID, since, worker_ids, produced_gateway=sum(f.produced_gateway for f in farms),
                 produced_nodes=sum(f.produced_nodes for f in farms), readings_before=readings_before,
                 seconds=seconds, startup_s=startup_s, drained=drained)
-    report.print_account(console, account)
+    report.print_account(console, account, queued_nodes=sum(f.queued_nodes for f in farms),
+                         dropped_nodes=sum(f.dropped_nodes for f in farms))
     return account
