@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from bench import Figure
 from fieldtrust import processes
 from fieldtrust.services.mosquitto import PrivateMosquitto
 from hardware.cloud_peer import CloudPeer
@@ -100,7 +101,7 @@ def measure_agent(config: Path, peer: CloudPeer, seconds: float) -> dict[str, fl
     }
 
 
-def run(devices: int = 50, interval: float = 1.0, seconds: float = 20.0) -> dict[str, dict[str, float]]:
+def measure(devices: int = 50, interval: float = 1.0, seconds: float = 20.0) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # the gateway broker's settings, with a cloud broker's packet limit (batches reach 256 KiB)
@@ -118,13 +119,30 @@ def run(devices: int = 50, interval: float = 1.0, seconds: float = 20.0) -> dict
     return {"loaded": loaded, "idle": idle}
 
 
+def run(quick: bool) -> list[Figure]:
+    """The result protocol (bench/__init__.py): the loaded agent against the same agent with no devices."""
+    r = measure(50, 1.0, 4.0 if quick else 20.0)
+    loaded, idle = r["loaded"], r["idle"]
+    base = "same agent, no devices"
+    return [
+        Figure("agent_rss_50_devices", round(loaded["rss_mb"], 1), "MB", base, round(idle["rss_mb"], 1), target=60.0,
+               higher_is_better=False),
+        Figure("agent_uss_50_devices", round(loaded["uss_mb"], 1), "MB", base, round(idle["uss_mb"], 1),
+               higher_is_better=False),
+        Figure("agent_cpu_50_devices_1s_polls", round(loaded["cpu_pct"], 2), "% of a core", base,
+               round(idle["cpu_pct"], 2), higher_is_better=False),
+        Figure("agent_readings_stored", round(loaded["readings_per_s"], 1), "readings/s",
+               note=f"CPU {loaded['cpu_s_per_1000']:.2f} s per 1,000 readings"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval per device, seconds")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring window after a 5 s warm-up")
     args = parser.parse_args()
-    r = run(args.devices, args.interval, args.seconds)
+    r = measure(args.devices, args.interval, args.seconds)
     loaded, idle = r["loaded"], r["idle"]
     print(f"agent with {args.devices} simulated Modbus TCP devices polled every {args.interval:g} s "
           f"({SPEC}, 7 values per reading), {args.seconds:g} s window")

@@ -37,6 +37,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench import Figure
 from contract.telemetry import encode_body, record, telemetry
 from edge_agent.config import BrokerConfig, GatewayIdentity, UplinkConfig
 from edge_agent.outbox import Outbox
@@ -127,6 +128,23 @@ def measure(kind: BrokerKind, workdir: Path, args: argparse.Namespace) -> dict[s
             "one": uplink_rate(broker, workdir, args.batches, 1, args.in_flight),
             "full": uplink_rate(broker, workdir, args.readings, 200, args.in_flight),
         }
+
+
+def run(quick: bool) -> list[Figure]:
+    """The result protocol (bench/__init__.py): Mosquitto's figures, and amqtt's against them."""
+    sizes = argparse.Namespace(messages=1000, batches=200, readings=2000, in_flight=8) if quick else \
+        argparse.Namespace(messages=10_000, batches=2_000, readings=20_000, in_flight=8)
+    with tempfile.TemporaryDirectory(prefix="fieldtrust-bench-") as tmp:
+        r = {kind: measure(kind, Path(tmp), sizes) for kind in COMPARED}
+    mq, am = r["mosquitto"], r["amqtt"]
+    return [
+        Figure("mosquitto_raw_qos1", round(mq["raw"]), "messages/s"),
+        Figure("uplink_1_reading_batches_mosquitto", round(mq["one"]), "batches/s",
+               "raw QoS 1 / 2 (a batch and its receipt)", round(mq["raw"] / 2)),
+        Figure("uplink_200_reading_batches_mosquitto", round(mq["full"]), "readings/s"),
+        Figure("amqtt_raw_qos1", round(am["raw"]), "messages/s", "mosquitto", round(mq["raw"])),
+        Figure("uplink_200_reading_batches_amqtt", round(am["full"]), "readings/s", "mosquitto", round(mq["full"])),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from bench import Figure
 from device_specs.registry import builtin_specs
 from device_specs.schema import DeviceSpec, Table
 from edge_agent.bus.master import Master, read_reply_len
@@ -174,6 +175,40 @@ def measure_merging(specs: list[DeviceSpec]) -> list[Merging]:
     return rows
 
 
+def measure(n: int) -> dict:
+    """Every figure of this benchmark: throughput rows, CRC error reports, read merging per spec."""
+    results = [measure_master(1, n, 0.0), measure_master(27, max(n // 2, 1), 0.0), measure_master(1, n, 5.0),
+               measure_master(27, max(n // 2, 1), 5.0)]
+    pym, pym_crc_s, pym_reported = measure_pymodbus(1, n)
+    ours_crc_s, ours_reported = master_crc_report_s()
+    specs = sorted((s for s in builtin_specs().values() if s.interface.is_modbus), key=lambda s: s.model)
+    return {"throughput": results, "pymodbus": pym, "pymodbus_crc": (pym_crc_s, pym_reported),
+            "ours_crc": (ours_crc_s, ours_reported), "merging": measure_merging(specs)}
+
+
+def figures(r: dict) -> list[Figure]:
+    """The result protocol's figures (bench/__init__.py) from :func:`measure`'s result."""
+    out = []
+    for t in [*r["throughput"], r["pymodbus"]]:
+        who = "pymodbus" if t is r["pymodbus"] else "rtu_master"
+        out.append(Figure(f"{who}_{t.registers}reg_{t.turnaround_ms:g}ms_turnaround", round(t.tps, 2), "tx/s",
+                          "line ceiling (computed from the frames)", round(t.ceiling_tps, 2),
+                          target=0.9 if who == "rtu_master" and t.turnaround_ms == 0 else None, target_on="ratio"))
+    (ours_s, _), (pym_s, pym_reported) = r["ours_crc"], r["pymodbus_crc"]
+    out.append(Figure("crc_error_reported_after", round(ours_s * 1000, 1), "ms",
+                      f"pymodbus ({pym_reported})", round(pym_s * 1000, 1), higher_is_better=False))
+    multi = [m for m in r["merging"] if m.points >= 6]
+    out.append(Figure("merged_tx_per_poll_cycle_multipoint_specs", sum(m.merged_per_cycle for m in multi), "tx",
+                      "one read per point", sum(m.naive_per_cycle for m in multi), higher_is_better=False))
+    out.append(Figure("merging_cut_worst_multipoint_spec", round(min(m.naive_per_cycle / m.merged_per_cycle
+                                                                     for m in multi), 2), "x", target=3.0))
+    return out
+
+
+def run(quick: bool) -> list[Figure]:
+    return figures(measure(20 if quick else 200))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transactions", type=int, default=200, help="reads per throughput figure")
@@ -182,22 +217,19 @@ def main() -> None:
     print(f"# bus efficiency — {datetime.date.today().isoformat()}, nproc {os.cpu_count()}, "
           f"simulated RTU line {BAUD} 8{PARITY}{STOP} ({BPC} bits/char)")
     print("T = (request_bytes + response_bytes) * 11/9600 + 2 * 3.5 * 11/9600 [+ turnaround]\n")
+    r = measure(n)
+    results, pym = r["throughput"], r["pymodbus"]
+    (pym_crc_s, pym_reported), (ours_crc_s, ours_reported) = r["pymodbus_crc"], r["ours_crc"]
     print(f"{'client':24} {'regs':>4} {'turn ms':>7} {'n':>5} {'tx/s':>7} {'ceiling':>8} {'ratio':>6}")
-    results = [measure_master(1, n, 0.0), measure_master(27, max(n // 2, 1), 0.0), measure_master(1, n, 5.0),
-               measure_master(27, max(n // 2, 1), 5.0)]
-    pym, pym_crc_s, pym_reported = measure_pymodbus(1, n)
-    for r in [*results, pym]:
-        print(f"{r.label:24} {r.registers:>4} {r.turnaround_ms:>7.1f} {r.transactions:>5} {r.tps:>7.2f} "
-              f"{r.ceiling_tps:>8.2f} {r.ratio:>6.1%}")
+    for t in [*results, pym]:
+        print(f"{t.label:24} {t.registers:>4} {t.turnaround_ms:>7.1f} {t.transactions:>5} {t.tps:>7.2f} "
+              f"{t.ceiling_tps:>8.2f} {t.ratio:>6.1%}")
     line_only = 1 / ceiling_s(REQUEST_BYTES, 7)
     print(f"with 5 ms turnaround, 1 register: {results[2].tps:.2f} tx/s = {results[2].tps / line_only:.1%} of the "
           f"zero-turnaround ceiling ({line_only:.2f} tx/s)")
-    ours_crc_s, ours_reported = master_crc_report_s()
     print(f"a CRC error is reported after {ours_crc_s * 1000:.0f} ms as {ours_reported} (edge_agent); "
           f"after {pym_crc_s * 1000:.0f} ms as {pym_reported} (pymodbus, same as a timeout)\n")
-
-    specs = sorted((s for s in builtin_specs().values() if s.interface.is_modbus), key=lambda s: s.model)
-    rows = measure_merging(specs)
+    rows = r["merging"]
     print(f"{'spec':28} {'points':>6} {'tx/cycle naive':>14} {'merged':>6} {'ratio':>6} {'cycle ms naive':>14} "
           f"{'merged':>7} {'tx/h naive':>10} {'merged':>7} {'ratio':>6}")
     for m in rows:

@@ -58,6 +58,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench import Figure
 from cloud.config import CloudSettings
 from cloud.ingest.commit import commit_units
 from cloud.ingest.directory import Directory
@@ -104,13 +105,14 @@ def _records(i: int) -> list[dict]:
     return [record(name, unit, round(base + (i % 97) / 10, 2), t) for t, (name, unit, base) in enumerate(METRICS)]
 
 
-def _batch(seq: int, tel: list[bytes], nodes: list[bytes]) -> bytes:
+def signed_batch(seq: int, tel: list[bytes], nodes: list[bytes], gw: str = GW, key: bytes = GW_KEY,
+                 tenant: str = TENANT) -> bytes:
     """A signed gateway batch, spliced the way ``edge_agent.uplink.Uplink.build_frame`` splices it."""
-    header = encode_body({"v": 1, "k": "batch", "gw": GW, "tenant": TENANT, "ep": 1, "seq": seq, "sw": "edge/bench",
+    header = encode_body({"v": 1, "k": "batch", "gw": gw, "tenant": tenant, "ep": 1, "seq": seq, "sw": "edge/bench",
                           "sent": int(time.time() * 1000)})
     body = (header[:-1] + b',"tel":[' + b",".join(tel) + b'],"nodes":['
             + b",".join(json.dumps(n.decode()).encode() for n in nodes) + b"]}")
-    return sign(GW_KEY, body)
+    return sign(key, body)
 
 
 def gateway_batches(messages: int, start_ms: int) -> Workload:
@@ -121,7 +123,7 @@ def gateway_batches(messages: int, start_ms: int) -> Workload:
             i = m * BODIES_PER_BATCH + j
             dev, seq = BUS_DEVICES[i % len(BUS_DEVICES)], i // len(BUS_DEVICES)
             tel.append(encode_body(telemetry(dev, 1, seq, start_ms + seq * 1000, _records(i), "edge/bench", 0)))
-        frames.append(_batch(m, tel, []))
+        frames.append(signed_batch(m, tel, []))
     return Workload("batches", frames, messages * BODIES_PER_BATCH * len(METRICS))
 
 
@@ -130,7 +132,7 @@ def node_messages(messages: int, start_ms: int, first_seq: int) -> Workload:
     for m in range(messages):
         node, seq = NODES[m % len(NODES)], m // len(NODES)
         body = encode_body(telemetry(node, 1, seq, start_ms + seq * 1000, _records(m), "fw/bench", 5))
-        frames.append(_batch(first_seq + m, [], [sign(node_key(node), body)]))
+        frames.append(signed_batch(first_seq + m, [], [sign(node_key(node), body)]))
     return Workload("node", frames, messages * len(METRICS))
 
 
@@ -260,16 +262,23 @@ def publish_all(host: str, port: int, frames: list[bytes]) -> None:
         client.loop_stop()
 
 
+#: called with the stopped workers just before they are released; returns what to call after the last commit
+Probe = Callable[[list[subprocess.Popen]], Callable[[], None]]
+
+
 def end_to_end(conn: psycopg.Connection, url: str, broker: PrivateMosquitto, workload: Workload, workers: int,
-               workdir: Path, committers: int | None = None) -> float:
-    """Seconds from releasing ``workers`` stopped workers (their messages queued) to the last commit."""
+               workdir: Path, committers: int | None = None, probe: Probe | None = None) -> float:
+    """Seconds from releasing ``workers`` stopped workers (their messages queued) to the last commit.
+
+    ``probe`` (bench/ingest_scaleout.py) measures the processes over exactly the timed span.
+    """
     reset(conn)
     group = f"ingest-{uuid.uuid4().hex[:6]}"
     logs = [workdir / f"{group}-{i}.log" for i in range(workers)]
     procs = [spawn_worker(url, f"mqtt://{broker.host}:{broker.port}", f"bench-{group}-{i}", group, log, committers)
              for i, log in enumerate(logs)]
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # start-up is not timed; on a loaded machine imports alone take a while
         while not all(log.exists() and "subscribed to" in log.read_text(errors="replace") for log in logs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("a worker did not start: " + " | ".join(log.read_text()[-500:] for log in logs))
@@ -277,6 +286,7 @@ def end_to_end(conn: psycopg.Connection, url: str, broker: PrivateMosquitto, wor
         for proc in procs:
             os.kill(proc.pid, signal.SIGSTOP)
         publish_all(broker.host, broker.port, workload.frames)
+        finish = probe(procs) if probe is not None else None
         t0 = time.perf_counter()
         for proc in procs:
             os.kill(proc.pid, signal.SIGCONT)
@@ -287,6 +297,8 @@ def end_to_end(conn: psycopg.Connection, url: str, broker: PrivateMosquitto, wor
                 raise RuntimeError(f"not all batches committed: {count(conn, 'ft.batches')} of {expected}")
             time.sleep(0.01)
         elapsed = time.perf_counter() - t0
+        if finish is not None:
+            finish()
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -312,7 +324,7 @@ def figure(readings: int, messages: int | None, seconds: float, baseline: float 
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace) -> dict:
     now_ms = int(time.time() * 1000)
     workloads = [gateway_batches(args.messages, now_ms - 6 * 3_600_000),
                  node_messages(args.node_messages, now_ms - 3 * 3_600_000, args.messages)]
@@ -355,6 +367,24 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def figures(result: dict) -> list[Figure]:
+    """The result protocol's figures (bench/__init__.py): each rate against its workload's COPY."""
+    out = []
+    for name, f in result["figures"].items():
+        if name.startswith("copy_"):
+            out.append(Figure(name, f["readings_per_s"], "readings/s", note="plain binary COPY: the ceiling"))
+            continue
+        out.append(Figure(name, f["readings_per_s"], "readings/s", f"copy_{'node' if 'node' in name else 'batches'}",
+                          f["baseline"], target=0.5 if name == "e2e_batches_1_worker" else None, target_on="ratio"))
+    return out
+
+
+def run(quick: bool) -> list[Figure]:
+    sizes = dict(messages=10, node_messages=500, repeat=1) if quick else dict(messages=200, node_messages=10_000,
+                                                                             repeat=3)
+    return figures(measure(argparse.Namespace(**sizes, server=DEFAULT_SERVER, committers=None)))
+
+
 def table(result: dict) -> str:
     lines = [f"ingest benchmark {result['date']}, nproc={result['nproc']}, PostgreSQL {result['postgres']} "
              f"({result['backend']}), Python {result['python']}",
@@ -375,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="commit threads of every worker (default: the worker's own default)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    result = run(args)
+    result = measure(args)
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import Figure
 from contract.telemetry import record
 from device_specs.registry import get_spec
 from edge_agent.agent import attested_body
@@ -82,7 +83,7 @@ def raw_sqlite_rate(path: Path, bodies: list[bytes], synchronous: str) -> float:
     return rate
 
 
-def run(readings: int = 2000, workdir: Path | None = None) -> dict[str, float]:
+def measure(readings: int = 2000, workdir: Path | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         d = Path(tmp)
         box = Outbox(d / "outbox.db", 1 << 30)
@@ -104,12 +105,27 @@ def run(readings: int = 2000, workdir: Path | None = None) -> dict[str, float]:
         }
 
 
+def run(quick: bool) -> list[Figure]:
+    """The result protocol (bench/__init__.py): capture and drain against bare SQLite, bytes against the body."""
+    r = measure(300 if quick else 2000)
+    full = "bare SQLite insert, WAL, synchronous=FULL"
+    return [
+        Figure("outbox_capture", round(r["enqueue_per_s"]), "readings/s", full, round(r["baseline_sqlite_full_per_s"])),
+        Figure("outbox_drain_200_per_batch", round(r["drain_per_s"]), "readings/s", full,
+               round(r["baseline_sqlite_full_per_s"])),
+        Figure("outbox_on_disk", round(r["disk_bytes_per_reading"]), "bytes/reading", "telemetry body",
+               round(r["body_bytes_per_reading"]), higher_is_better=False),
+        Figure("uplink_frame", round(r["uplink_bytes_per_reading"]), "bytes/reading", "telemetry body",
+               round(r["body_bytes_per_reading"]), higher_is_better=False),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readings", type=int, default=2000)
     parser.add_argument("--dir", type=Path, default=None, help="where to put the files (default: the temp dir)")
     args = parser.parse_args()
-    r = run(args.readings, args.dir)
+    r = measure(args.readings, args.dir)
     print(f"outbox, {r['readings']:.0f} soil readings (7 records each), synchronous=FULL")
     print(f"  capture (one committed transaction each) {r['enqueue_per_s']:9.0f} readings/s")
     print(f"  drain (seal + sign + receipt, 200/batch) {r['drain_per_s']:9.0f} readings/s")

@@ -4,9 +4,12 @@ A gateway may publish only to its own uplink topics (``up``, ``health``, ``state
 its own downlink (``receipt``, ``config``); an ingest credential reads every gateway's uplink
 (through the ``$share`` group, which Mosquitto checks against the plain filter) and writes
 receipts.  Anything not granted is denied, so one gateway can neither publish as another nor read
-another's receipts.  The files are Mosquitto 2 formats: ``password_file`` lines
-``user:$7$<iterations>$<base64 salt>$<base64 PBKDF2-SHA512>`` and an ``acl_file`` of ``user`` and
-``topic read|write`` lines.  Mosquitto rereads both on SIGHUP.
+another's receipts.  A downlink credential (``fieldtrust cloud downlink``) writes gateways' node
+config, OTA manifest and OTA file topics, which each gateway may read for itself only.  A fleet
+credential (``fieldtrust cloud fleet``) reads every gateway's heartbeats and births/wills (``health``,
+``state``) and writes agent updates (``update``), which each gateway reads for itself only.  The files
+are Mosquitto 2 formats: ``password_file`` lines ``user:$7$<iterations>$<base64 salt>$<base64
+PBKDF2-SHA512>`` and an ``acl_file`` of ``user`` and ``topic read|write`` lines.  Mosquitto rereads both on SIGHUP.
 """
 
 from __future__ import annotations
@@ -29,10 +32,21 @@ SALT_BYTES = 12  # what mosquitto_passwd uses
 HASH_BYTES = 64  # SHA-512 output
 
 GATEWAY_PUBLISHES = ("up", "health", "state")
-GATEWAY_READS = ("receipt", "config")
+GATEWAY_READS = ("receipt", "config", "update")
 ALL_GATEWAYS = f"{topics.ROOT}/+/gw/+"
 INGEST_READS = tuple(f"{ALL_GATEWAYS}/{leaf}" for leaf in GATEWAY_PUBLISHES)
 INGEST_WRITES = (f"{ALL_GATEWAYS}/receipt",)
+DOWNLINK_WRITES = (f"{ALL_GATEWAYS}/node/#", f"{ALL_GATEWAYS}/file/#")
+FLEET_READS = (f"{ALL_GATEWAYS}/health", f"{ALL_GATEWAYS}/state")
+FLEET_WRITES = (f"{ALL_GATEWAYS}/update",)
+
+ServiceRole = Literal["ingest", "downlink", "fleet"]
+#: (topics it may write, topics it may read) of each cloud service's login
+SERVICE_ACLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ingest": (INGEST_WRITES, INGEST_READS),
+    "downlink": (DOWNLINK_WRITES, ()),
+    "fleet": (FLEET_WRITES, FLEET_READS),
+}
 
 PASSWORD_FILE = "fieldtrust.passwd"
 ACL_FILE = "fieldtrust.acl"
@@ -44,7 +58,7 @@ class BrokerAccount:
 
     username: str
     password_hash: str
-    role: Literal["gateway", "ingest"]
+    role: Literal["gateway", "ingest", "downlink", "fleet"]
     tenant_id: str | None = None
     gateway_id: str | None = None
 
@@ -73,10 +87,11 @@ def hash_password(password: str, *, salt: bytes | None = None, iterations: int =
 
 
 def gateway_acl(tenant_id: str, gateway_id: str) -> tuple[list[str], list[str]]:
-    """(topics the gateway may write, topics it may read): its own, named in full."""
+    """(topics the gateway may write, topics it may read): its own, named in full (its nodes' downlink by filter)."""
     return (
         [topics.gateway(tenant_id, gateway_id, leaf) for leaf in GATEWAY_PUBLISHES],
-        [topics.gateway(tenant_id, gateway_id, leaf) for leaf in GATEWAY_READS],
+        [topics.gateway(tenant_id, gateway_id, leaf) for leaf in GATEWAY_READS]
+        + topics.gateway_downlink_filter(tenant_id, gateway_id),
     )
 
 
@@ -95,8 +110,10 @@ def render_acl_file(accounts: Iterable[BrokerAccount]) -> str:
             if account.tenant_id is None or account.gateway_id is None:
                 raise ValueError(f"gateway account {account.username!r} has no tenant or gateway id")
             writes, reads = gateway_acl(account.tenant_id, account.gateway_id)
-        else:
-            writes, reads = list(INGEST_WRITES), list(INGEST_READS)
+        elif account.role in SERVICE_ACLS:
+            writes, reads = (list(t) for t in SERVICE_ACLS[account.role])
+        else:  # a role this code does not know must not get some other role's rights
+            raise ValueError(f"account {account.username!r} has an unknown role {account.role!r}")
         lines += [f"topic write {t}" for t in writes]
         lines += [f"topic read {t}" for t in reads]
     return "\n".join(lines) + "\n"

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CloudSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FIELDTRUST_", env_file=".env", extra="ignore")
 
-    #: PostgreSQL (or TimescaleDB) DSN, e.g. postgresql://fieldtrust@127.0.0.1:5432/fieldtrust
+    #: PostgreSQL (or TimescaleDB) DSN of the schema's OWNER, e.g. postgresql://fieldtrust@127.0.0.1:5432/fieldtrust:
+    #: migrations and the store's upkeep (partitions, retention, rollups) run with it
     database_url: str = "postgresql://postgres@127.0.0.1:5432/fieldtrust"
+    #: DSN of the services' login (role ft_app, under row-level security): FIELDTRUST_APP_DATABASE_URL; by default
+    #: database_url with the user replaced by ft_app (and no password): read it as :attr:`app_database_url`
+    app_database_url_setting: str | None = Field(
+        default=None, validation_alias=AliasChoices("FIELDTRUST_APP_DATABASE_URL", "app_database_url"))
     #: broker URL: mqtt://user:password@host:port (mqtts:// for TLS); ``?protocol=3.1.1`` for MQTT 3.1.1
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     #: key-encryption key for device and gateway keys: 64 hex characters, or a file holding them
@@ -35,6 +42,9 @@ class CloudSettings(BaseSettings):
     #: readings with a time this far from now are dead-lettered (clock far off or garbage)
     ingest_max_past_days: int = Field(default=366 * 2, ge=1)
     ingest_max_future_s: int = Field(default=600, ge=0)
+    #: count each tenant's usage (messages, bytes, readings, devices) in the ingest's commit transaction
+    #: (cloud.metering.ingest); false only to measure what it costs (bench/metering_ab.py): billing needs it
+    metering: bool = True
 
     # storage
     retention_days: int = Field(default=3650, ge=1)
@@ -48,6 +58,14 @@ class CloudSettings(BaseSettings):
         if self.kek is not None and self.kek_file is not None:
             raise ValueError("FIELDTRUST_KEK and FIELDTRUST_KEK_FILE: give one, not both")
         return self
+
+    @property
+    def app_database_url(self) -> str:
+        """Where the services (API, ingest, downlink) connect: as ft_app, never as the owner (see
+        cloud.store.tenancy).  FIELDTRUST_APP_DATABASE_URL, else :attr:`database_url` as user ft_app."""
+        if self.app_database_url_setting:
+            return self.app_database_url_setting
+        return app_url(self.database_url)
 
     def kek_bytes(self) -> bytes:
         """The key-encryption key (32 bytes).  Raises ValueError with the setting's name."""
@@ -69,3 +87,18 @@ class CloudSettings(BaseSettings):
         if len(key) != 32:
             raise ValueError(f"FIELDTRUST_KEK: must be 32 bytes (64 hex characters), got {len(key)}")
         return key
+
+
+#: the login role of the services (created by migration 040; cloud.store.tenancy grants it its privileges)
+APP_ROLE = "ft_app"
+
+
+def app_url(owner_url: str) -> str:
+    """``owner_url`` (a URI or key=value DSN) with the user replaced by ft_app and the owner's password removed."""
+    try:
+        params = conninfo_to_dict(owner_url)
+    except psycopg.ProgrammingError as exc:  # the DSN itself is malformed
+        raise ValueError(f"FIELDTRUST_DATABASE_URL: not a PostgreSQL DSN: {exc}") from None
+    params.pop("password", None)
+    params["user"] = APP_ROLE
+    return make_conninfo("", **params)

@@ -113,6 +113,7 @@ class DeviceHealth(BaseModel):
     battery_unit: Annotated[str, StringConstraints(max_length=16)] | None = None
     rssi: float | None = None  # dBm, the node's last ``rssi`` record
     fw: Annotated[str, StringConstraints(max_length=64)] | None = None  # from its birth, else its last frame
+    build: Annotated[int, Field(ge=0)] | None = None  # the firmware build its birth named (what OTA jobs compare)
     last_seq: Seq | None = None
     refused: dict[str, int] = {}  # what the node reported refusing (config_refused, ota_refused) by reason
 
@@ -120,7 +121,7 @@ class DeviceHealth(BaseModel):
 class OutboxHealth(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     depth: int
-    oldest_age_s: float | None
+    oldest_age_s: float | None = None  # None (left out of the body) when the outbox is empty
     dropped: int
     bytes: int
 
@@ -150,6 +151,7 @@ class Presence(_Body):
     at: Millis
     sw: str = ""
     config_version: int | None = None
+    build: Annotated[int, Field(ge=0)] | None = None  # a node's firmware build (firmware/version.py BUILD)
 
 
 class Config(_Body):
@@ -193,6 +195,8 @@ def parse(body: bytes, expect: str | None = None) -> Body:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ContractError("bad_json", str(exc)) from None
+    except RecursionError:  # ``[[[[…`` a few thousand deep: the stdlib decoder recurses
+        raise ContractError("bad_json", "nested too deeply") from None
     if not isinstance(obj, dict):
         raise ContractError("bad_header", "body is not a JSON object")
     kind = obj.get("k")

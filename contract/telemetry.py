@@ -172,6 +172,8 @@ def parse_body(body):
         obj = json.loads(body.decode())
     except (ValueError, UnicodeError) as exc:  # MicroPython raises ValueError for bad JSON
         error = str(exc) or "not valid JSON"
+    except RuntimeError:  # nested too deeply: CPython's RecursionError, MicroPython's RuntimeError
+        error = "nested too deeply"
     if error is not None:
         raise ContractError("bad_json", error)
     if not isinstance(obj, dict):

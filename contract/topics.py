@@ -7,6 +7,7 @@ Cloud broker (gateway <-> cloud)::
     ft/v1/<tenant>/gw/<gateway>/config      cloud -> gateway   signed config (retained)
     ft/v1/<tenant>/gw/<gateway>/health      gateway -> cloud   signed heartbeat (QoS 0)
     ft/v1/<tenant>/gw/<gateway>/state       gateway -> cloud   birth / last will (retained)
+    ft/v1/<tenant>/gw/<gateway>/update      cloud -> gateway   signed agent update (retained; contract/agent_update.py)
     ft/v1/<tenant>/gw/<gateway>/node/<node>/config   cloud -> gateway   a node's config frame, signed by
                                                      the cloud with the NODE's key (retained; relayed as is)
     ft/v1/<tenant>/gw/<gateway>/node/<node>/ota      cloud -> gateway   a node's OTA manifest frame, signed
@@ -102,6 +103,9 @@ def gateway_uplink_filter(shared=True):
     return f"$share/{INGEST_SHARE_GROUP}/{f}" if shared else f
 
 
+#: what the cloud's fleet service reads: every gateway's heartbeats and births / wills (not shared: retained
+#: births and wills are not sent to shared subscriptions)
+GATEWAY_FLEET_FILTERS = (ROOT + "/+/gw/+/health", ROOT + "/+/gw/+/state")
 NODE_UPLINK_FILTER = ROOT + "/node/+/up"
 NODE_STATE_FILTER = ROOT + "/node/+/state"
 

@@ -106,6 +106,8 @@ def parse_spec(text: str, origin: str = "<spec>") -> DeviceSpec:
         data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         raise SpecError(f"{origin}: not valid YAML{yaml_where(exc)}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of ``[[[[…``
+        raise SpecError(f"{origin}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: a spec must be a YAML mapping, got {type(data).__name__}")
     try:

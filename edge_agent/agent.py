@@ -9,6 +9,11 @@ The services for sensor nodes (``nodes`` in the config) have their own: the rela
 OTA from the cloud (``NodeRelay``, its own local connection; the uplink hands it the downlink),
 the OTA file server and the time server.  They start before the uplink, so the first downlink
 finds them ready, and stop after it.
+
+Agent updates: the uplink hands the cloud's signed update to an ``UpdateReceiver``, which leaves it
+for the updater, a process of its own (``fieldtrust edge update apply``; edge_agent.updater); the
+heartbeat file that the health reporter touches after each heartbeat is how the updater judges the
+release it switched to.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from edge_agent.ota_server import OtaHttpServer
 from edge_agent.outbox import Outbox
 from edge_agent.sample import Sample
 from edge_agent.time_server import SntpServer
+from edge_agent.updater import UpdateReceiver, UpdateSpool
 from edge_agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -74,7 +80,9 @@ class Agent:
                                    f"fieldtrust-gw-{gateway.id}-relay", known_ids=nodes.ids,
                                    heard_nodes=self.intake.heard_nodes)
         downlink = (self.relay.filters, self.relay.handle_downlink) if self.relay is not None else None
-        self.uplink = Uplink(gateway, self._key, cfg.uplink, self.outbox, sw=SW, downlink=downlink)
+        self.updates = UpdateReceiver(gateway.id, self._key, UpdateSpool(cfg.update_dir), __version__)
+        self.uplink = Uplink(gateway, self._key, cfg.uplink, self.outbox, sw=SW, downlink=downlink,
+                             on_update=self.updates.handle)
         self.ota_server = (
             OtaHttpServer(self.ota_cache, nodes.ota_bind, nodes.ota_port)
             if nodes.ota_port is not None and self.ota_cache is not None else None
@@ -89,6 +97,7 @@ class Agent:
             counters={
                 "agent": lambda: dict(self.counters),
                 "uplink": self.uplink.all_counters,
+                "update": lambda: dict(self.updates.counters),
                 **{f"bus.{s.bus.id}": s.stats for s in self.schedulers},
             },
         )
@@ -110,6 +119,7 @@ class Agent:
             interval_s=cfg.health.interval_s,
             publish=self.uplink.publish_health,
             clock_synced=clock_synced,
+            heartbeat_file=cfg.heartbeat_path,
         )
         self._stop = threading.Event()
 
@@ -136,6 +146,8 @@ class Agent:
         for service in (self.ota_server, self.sntp_server, self.relay):
             if service is not None:
                 service.start()
+        # made by the agent, so that it stays the agent's to write (the updater runs as root)
+        self.updates.spool.dir.mkdir(parents=True, exist_ok=True)
         self.uplink.start()
         if self.intake is not None:
             self.intake.start()

@@ -199,6 +199,8 @@ class OutboxConfig(_Strict):
 
 class HealthConfig(_Strict):
     interval_s: float = Field(default=60.0, ge=0.5, le=86_400)
+    #: touched after each heartbeat sent: the agent updater's health check; default: <data_dir>/heartbeat
+    heartbeat_file: Path | None = None
 
 
 class LoggingConfig(_Strict):
@@ -236,6 +238,15 @@ class AgentConfig(_Strict):
     def ota_cache_dir(self) -> Path:
         return self.nodes.cache_dir or self.gateway.data_dir / "ota-cache"
 
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.health.heartbeat_file or self.gateway.data_dir / "heartbeat"
+
+    @property
+    def update_dir(self) -> Path:
+        """Where the agent leaves a verified agent update for the updater (edge_agent.updater.UpdateSpool)."""
+        return self.gateway.data_dir / "update"
+
 
 def _where(loc: tuple[int | str, ...]) -> str:
     out = ""
@@ -249,6 +260,8 @@ def parse_config(text: str, origin: str = "<config>") -> AgentConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of ``[[[[…``
+        raise ConfigError(f"{origin}: not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: the configuration must be a YAML mapping")
     try:

@@ -5,6 +5,10 @@ quiet, a node's battery is running down or its firmware refused an update, the d
 the outbox is backing up (and since when), or readings were dropped because it overflowed.
 Each part keeps its own counters; this module only collects them into a
 ``contract.models.Health`` body and signs it with the gateway key.
+
+After each heartbeat it has handed to the cloud link, the reporter touches its heartbeat file (the
+agent's ``health.heartbeat_file``): the agent updater (edge_agent.updater) judges a newly switched
+release healthy by that file's time, so only an agent that runs *and* reaches its broker passes.
 """
 
 from __future__ import annotations
@@ -51,10 +55,12 @@ class HealthReporter:
         interval_s: float,
         publish: Callable[[bytes], bool],
         clock_synced: Callable[[], bool],
+        heartbeat_file: Path | None = None,
         time_fn: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.gw = gw
+        self.heartbeat_file = heartbeat_file
         self._key = key
         self._sw = sw
         self._outbox = outbox
@@ -70,6 +76,7 @@ class HealthReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent = 0
+        self.heartbeat_file_errors = 0
 
     def body(self) -> models.Health:
         now_ms = int(self._time() * 1000)
@@ -95,6 +102,7 @@ class HealthReporter:
                     battery_unit=state.battery_unit,
                     rssi=state.rssi,
                     fw=state.fw,
+                    build=state.build,
                     last_seq=None if state.last_key is None else state.last_key[1],
                     refused=state.refused,
                 )
@@ -146,5 +154,17 @@ class HealthReporter:
             try:
                 if self._publish(self.frame()):
                     self.sent += 1
+                    self.touch_heartbeat_file()
             except Exception:  # a heartbeat that fails must not end the heartbeats
                 log.exception("cannot build or send the heartbeat")
+
+    def touch_heartbeat_file(self) -> None:
+        """Say "a heartbeat went out" to the updater: the file's time is the signal, its text the software."""
+        if self.heartbeat_file is None:
+            return
+        try:
+            self.heartbeat_file.write_text(f"{self._sw}\n")
+        except OSError as exc:  # a full disk, say: the heartbeats go on, the updater will judge us unhealthy
+            self.heartbeat_file_errors += 1
+            if self.heartbeat_file_errors == 1:
+                log.error("cannot touch the heartbeat file %s: %s", self.heartbeat_file, exc)

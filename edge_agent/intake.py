@@ -65,6 +65,7 @@ class NodeState:
     rejected: int = 0
     fw: str | None = None  # the birth's sw; a frame's fw until a birth is heard
     fw_from_birth: bool = False
+    build: int | None = None  # the firmware build the birth named (what the cloud's OTA jobs compare)
     last_key: tuple[int, int] | None = None  # (ep, seq) of the newest frame
     battery: float | None = None
     battery_unit: str | None = None
@@ -239,5 +240,7 @@ class Intake:
             state.presence, state.presence_at_ms = presence.k, presence.at
             if presence.k == "birth" and presence.sw:
                 state.fw, state.fw_from_birth = presence.sw, True
+            if presence.k == "birth" and presence.build is not None:
+                state.build = presence.build
         self.counters["states"] += 1
         return presence.k

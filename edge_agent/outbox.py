@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from edge_agent.logging_setup import LogLimiter
 
 log = logging.getLogger(__name__)
 
 ItemKind = Literal["tel", "node", "conflict"]
+_T = TypeVar("_T")
 #: the counter name of the gateway's own batch sequence; "#" cannot appear in a device id
 BATCH_COUNTER = "#batch"
 
@@ -67,10 +68,21 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 _COUNTERS = ("captured", "dropped", "confirmed")
+#: attempts at making room when the disk is full; each drops twice the oldest payload the previous did
+_FULL_ATTEMPTS = 12
 
 
 class OutboxError(RuntimeError):
     """The outbox file cannot be opened or is not an outbox."""
+
+
+class OutboxFull(OutboxError):
+    """The disk is full and dropping the oldest data did not make room (nothing left to drop)."""
+
+
+def _disk_full(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_FULL: the file system is full, the process's file size limit is reached, or max_page_count."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,16 +181,57 @@ class Outbox:
         ``make_body(seq)`` returns the body bytes; the sequence number is persisted in the same
         transaction as the item, so it never repeats, even across a crash.  Returns the seq.
         """
-        with self._lock, self._transaction():
-            seq = self._next_seq(dev, ep)
-            data = make_body(seq)
-            self._insert(data, "tel")
-        return seq
+        def capture() -> int:
+            with self._transaction():
+                seq = self._next_seq(dev, ep)
+                self._insert(make_body(seq), "tel")
+            return seq
+
+        return self._making_room(capture)
 
     def capture_frame(self, frame: bytes, kind: ItemKind = "node") -> None:
         """Store a node frame verbatim (``kind='conflict'`` for a frame that contradicts one seen)."""
-        with self._lock, self._transaction():
-            self._insert(frame, kind)
+        def capture() -> None:
+            with self._transaction():
+                self._insert(frame, kind)
+
+        self._making_room(capture)
+
+    def _making_room(self, capture: Callable[[], _T]) -> _T:
+        """Run ``capture`` (one transaction); when the disk is full, apply the overflow policy to the disk too.
+
+        drop-oldest: the oldest data goes (counted as dropped, like an overflow of ``max_bytes``), then the
+        capture is tried again, so a full disk costs the oldest readings, never the newest and never a crash.
+        Raises :class:`OutboxFull` when nothing is left to drop.
+        """
+        with self._lock:
+            room = 4096
+            for _attempt in range(_FULL_ATTEMPTS):
+                try:
+                    return capture()
+                except sqlite3.OperationalError as exc:
+                    if not _disk_full(exc):
+                        raise
+                    if self._log_limit.allow("disk_full") is not None:
+                        log.error("outbox %s: the disk is full (%s); dropping the oldest data to make room",
+                                  self.path, exc)
+                if not self._drop_for_room(room):
+                    break
+                room *= 2
+            raise OutboxFull(f"{self.path}: the disk is full and there is nothing left to drop")
+
+    def _drop_for_room(self, room: int) -> bool:
+        """Drop the oldest ``room`` bytes of payload (at least one item or batch); whether anything went."""
+        before = self._counters["dropped"]
+        held = self._pending_bytes + sum(b.size for b in self._batches.values())
+        try:
+            with self._transaction():
+                self._drop_oldest(keep_id=-1, limit=max(0, held - room))
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+            return False
+        return self._counters["dropped"] > before
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -297,11 +350,14 @@ class Outbox:
         snapshot = (self._pending, self._pending_bytes, dict(self._batches), dict(self._counters))
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (SQLITE_FULL does): a second ROLLBACK would raise
+            # "no transaction is active" and hide the real error, with the counters left wrong
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             self._pending, self._pending_bytes, self._batches, self._counters = snapshot
             raise
-        self._db.execute("COMMIT")
 
     def _now_ms(self) -> int:
         return int(self._time() * 1000)
@@ -332,11 +388,12 @@ class Outbox:
         self._bump("captured")
         self._drop_oldest(keep_id=int(cur.lastrowid or 0))
 
-    def _drop_oldest(self, keep_id: int, keep_batch: tuple[int, int] | None = None) -> None:
-        """Bring the payload under ``max_bytes`` by dropping the oldest data; never ``keep_id``
+    def _drop_oldest(self, keep_id: int, keep_batch: tuple[int, int] | None = None, limit: int | None = None) -> None:
+        """Bring the payload under ``limit`` (``max_bytes``) by dropping the oldest data; never ``keep_id``
         nor ``keep_batch`` (the item or batch being stored)."""
         dropped = 0
-        while self._pending_bytes + sum(b.size for b in self._batches.values()) > self.max_bytes:
+        bound = self.max_bytes if limit is None else limit
+        while self._pending_bytes + sum(b.size for b in self._batches.values()) > bound:
             row = self._db.execute(
                 "SELECT id, length(data), created_ms FROM item WHERE id != ? ORDER BY id LIMIT 1", (keep_id,)
             ).fetchone()

@@ -6,8 +6,9 @@ delete data) is the only thing that removes a batch from the outbox.  A batch is
 stored *before* it is published, and re-sent with the same bytes until receipted, so the
 delivery is at least once and the cloud's duplicate rule makes it exactly-once storage.
 
-Everything here runs on the link's thread (receipts, the periodic tick, birth on connect, and the
-downlink for the gateway's nodes, handed to ``edge_agent.node_relay``), except
+Everything here runs on the link's thread (receipts, the periodic tick, birth on connect, the
+downlink for the gateway's nodes, handed to ``edge_agent.node_relay``, and the cloud's signed agent
+update on the gateway's ``update`` topic, handed to ``edge_agent.updater.UpdateReceiver``), except
 :meth:`Uplink.publish_health`, which goes through paho's thread-safe ``publish``.
 """
 
@@ -55,11 +56,13 @@ class Uplink:
         *,
         sw: str,
         downlink: tuple[Sequence[str], Callable[[str, bytes], object]] | None = None,
+        on_update: Callable[[bytes], object] | None = None,
         time_fn: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``downlink``: (topic filters, handler) for what the cloud sends the gateway's nodes
-        (``edge_agent.node_relay``); subscribed on this connection beside the receipts."""
+        (``edge_agent.node_relay``); ``on_update``: the handler of the gateway's ``update`` topic (the
+        cloud's agent updates); both subscribed on this connection beside the receipts."""
         self.gw = gateway.id
         self.tenant = gateway.tenant
         self.ep = gateway.key_epoch
@@ -91,12 +94,17 @@ class Uplink:
         self.topic_receipt = topics.gateway(self.tenant, self.gw, "receipt")
         self.topic_health = topics.gateway(self.tenant, self.gw, "health")
         self.topic_state = topics.gateway(self.tenant, self.gw, "state")
+        self.topic_update = topics.gateway(self.tenant, self.gw, "update")
         self._downlink = downlink[1] if downlink is not None else None
+        self._on_update = on_update
+        subscriptions = [(self.topic_receipt, 1)] + [(f, 1) for f in (downlink[0] if downlink else ())]
+        if on_update is not None:
+            subscriptions.append((self.topic_update, 1))
         self.link = MqttLink(
             cfg.broker,
             cfg.client_id or f"fieldtrust-gw-{self.gw}",
             on_message=self._on_message,
-            subscriptions=[(self.topic_receipt, 1)] + [(f, 1) for f in (downlink[0] if downlink else ())],
+            subscriptions=subscriptions,
             on_connected=self._on_connected,
             on_tick=self._tick,
             will=self._will,
@@ -251,7 +259,9 @@ class Uplink:
     # -- receipts --------------------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self.topic_receipt or self._downlink is None:
+        if topic == self.topic_update and self._on_update is not None:
+            self._on_update(payload)
+        elif topic == self.topic_receipt or self._downlink is None:
             self._on_receipt(topic, payload)
         else:
             self._downlink(topic, payload)

@@ -1,4 +1,4 @@
-"""The node's wake cycle as a state machine: boot, sample, enqueue, connect, drain, notices, sleep.
+"""The node's wake cycle as a state machine: boot, (clock,) sample, enqueue, connect, drain, notices, sleep.
 
 One ``Node.run()`` is one wake.  Each state returns the next one; a state that fails goes to its
 fallback (a sensor failure still enqueues what was read, a network failure goes to sleep with the
@@ -15,7 +15,18 @@ node stuck in a loop or hanging on a bus is reset by the hardware.
   staged and switched (``firmware/ota.py``); refusals go out at once as a signed report frame.
   The retained "stay awake" flag (``1``) keeps the node up for maintenance.
 * Time: NTP through the network hook when never synced or not for a day; the sync time is kept in
-  RTC memory and every message says how old it is (``firmware/message.py`` flags unsynced).
+  RTC memory and every message says how old it is (``firmware/message.py`` flags unsynced).  A clock
+  never synced (power-on: an ESP32's RTC starts at 2000-01-01 and RTC memory is empty) is set
+  *before* sampling (the ``clock`` step: link up and NTP, within the usual timeouts), so the first
+  frame is not stamped in 2000 and refused by the cloud as too old.  When that fails the wake goes
+  on: readings are sampled, stamped and flagged unsynced (``sync: -1``) and never re-stamped later
+  (frames are signed when built); the cloud judges them by its own policy.  A link that failed in
+  the clock step is not tried again in the same wake.
+* Sensor supply: a ``rail`` (``firmware/hal.py`` ``SensorRail``) is switched on and settled just
+  before sampling and off right after, also when a sensor raises.
+* Link quality: the Wi-Fi RSSI read when the link comes up is kept in RTC memory and rides, once,
+  as an ``rssi`` record (dBm, its ``t`` the moment it was read) in the next frame that goes out
+  anyway, so the gateway's health shows it without a frame or a signature of its own.
 * Sleep aligned to the schedule: the next wake is the next multiple of ``interval_s``.
 
 Network interface (``net``; the hal's on a board, a fake in the tests)::
@@ -24,12 +35,13 @@ Network interface (``net``; the hal's on a board, a fake in the tests)::
     tcp_connect(host, port, timeout_ms)      socket-like object (settimeout/send/recv/close)
     ntp_sync()                               set the board's wall clock; OSError on failure
     fetch(sha256, offset, n)                 OTA file bytes from the gateway, by content
+    rssi()                                   dBm of the joined link or None (optional: a wired link has none)
 """
 
 import struct
 
 from contract import telemetry, topics
-from firmware import message, ota, sampling
+from firmware import message, ota, sampling, version
 from firmware.config import ConfigStore
 from firmware.crc import crc32
 from firmware.drivers.errors import DriverError
@@ -38,7 +50,7 @@ from firmware.mqtt import MqttClient
 from firmware.outbox import Outbox
 from firmware.seq import SequenceCounter
 
-BOOT, SAMPLE, ENQUEUE, CONNECT = "boot", "sample", "enqueue", "connect"
+BOOT, CLOCK, SAMPLE, ENQUEUE, CONNECT = "boot", "clock", "sample", "enqueue", "connect"
 DRAIN, NOTICES, SLEEP = "drain", "notices", "sleep"
 SAFE_MODE_BOOTS = 3
 RESYNC_MS = 86400 * 1000
@@ -47,8 +59,9 @@ AWAKE_POLL_MS = 10000
 NOTICE_WAIT_MS = 300
 CONNECT_TIMEOUT_MS = 5000
 RTC_OFFSET = 16  # after the sequence counter's 14 bytes
-_RTC_MAGIC = b"CY"
-_RTC_FIXED = 16  # magic, boots u8, awake u8, synced_at u64, CRC32
+_RTC_MAGIC = b"C2"  # a layout change gets a new magic: an older layout reads as none (after an OTA)
+_RTC_STATE = ">BBQQb"  # boots, awake, synced_at ms, rssi_at ms (0: none to send), rssi dBm
+_RTC_FIXED = 25  # magic, the state's 19 bytes, CRC32
 _DELTA_OFFSET = RTC_OFFSET + _RTC_FIXED
 BLOCK = 4096
 
@@ -56,17 +69,18 @@ BLOCK = 4096
 class Node:
     """One sensor node: its identity, sensors, storage and the hooks of its board."""
 
-    def __init__(self, board, net, identity, sensors, watchdog=None, updater=None):
+    def __init__(self, board, net, identity, sensors, watchdog=None, updater=None, rail=None):
         self.board = board
         self.net = net
         self.id = identity["id"]
         self.key = identity["key"]
         self.ep = identity.get("ep", 1)
-        self.fw = identity.get("fw", "fw/0.1.0")
+        self.fw = identity.get("fw", "fw/" + version.VERSION)
         self.broker = (identity.get("host", "192.168.4.1"), identity.get("port", 1883))
-        self.sensors = sensors  # [(metric, unit, read(), samples or None)]
+        self.sensors = sensors  # [sampling.sensor(metric, unit, read, samples, needs_calibration, flags)]
         self.watchdog = watchdog
         self.updater = updater
+        self.rail = rail  # the sensors' switched supply (hal.SensorRail) or None
         flash = board.flash
         self.seq = SequenceCounter(board, Region(flash, 0, 2 * BLOCK))
         self.config = ConfigStore(Region(flash, 2 * BLOCK, 2 * BLOCK), self.key, self.id)
@@ -83,9 +97,10 @@ class Node:
     def _load_rtc(self):
         blob = self.board.rtc_read()
         raw = blob[RTC_OFFSET : RTC_OFFSET + _RTC_FIXED]
-        self.boots, self.awake, self.synced_at = 0, False, 0
-        if len(raw) == _RTC_FIXED and raw[:2] == _RTC_MAGIC and struct.unpack(">I", raw[12:])[0] == crc32(raw[:12]):
-            boots, awake, self.synced_at = struct.unpack(">BBQ", raw[2:12])
+        self.boots, self.awake, self.synced_at, self.rssi_at, self.rssi = 0, False, 0, 0, 0
+        end = _RTC_FIXED - 4
+        if len(raw) == _RTC_FIXED and raw[:2] == _RTC_MAGIC and struct.unpack(">I", raw[end:])[0] == crc32(raw[:end]):
+            boots, awake, self.synced_at, self.rssi_at, self.rssi = struct.unpack(_RTC_STATE, raw[2:end])
             self.boots, self.awake = boots, bool(awake)
         settings = self.config.settings
         size = blob[_DELTA_OFFSET] if len(blob) > _DELTA_OFFSET else 0
@@ -94,7 +109,8 @@ class Node:
         )
 
     def _save_rtc(self):
-        fixed = _RTC_MAGIC + struct.pack(">BBQ", min(self.boots, 255), 1 if self.awake else 0, self.synced_at)
+        state = (min(self.boots, 255), 1 if self.awake else 0, self.synced_at, self.rssi_at, self.rssi)
+        fixed = _RTC_MAGIC + struct.pack(_RTC_STATE, *state)
         deltas = self.reporter.to_bytes()
         if len(deltas) > 255 * 4:
             deltas = b""  # too many metrics to keep: everything is sent once more next wake
@@ -112,16 +128,25 @@ class Node:
         """One wake; returns ``("deep", ms)`` to deep-sleep until the next slot or ``("awake", ms)``."""
         self.trace, self.errors, self.reports = [], [], []
         self.readings, self.client, self.reboot = [], None, False
-        self.safe, self.ntp_error = False, None
+        self.safe, self.ntp_error, self.ntp_tried, self.link_error = False, None, False, None
         steps = {
             BOOT: self._boot,
+            CLOCK: self._clock,
             SAMPLE: self._sample,
             ENQUEUE: self._enqueue,
             CONNECT: self._connect,
             DRAIN: self._drain,
             NOTICES: self._notices,
         }
-        fallback = {BOOT: SAMPLE, SAMPLE: ENQUEUE, ENQUEUE: CONNECT, CONNECT: SLEEP, DRAIN: SLEEP, NOTICES: SLEEP}
+        fallback = {
+            BOOT: SAMPLE,
+            CLOCK: SAMPLE,
+            SAMPLE: ENQUEUE,
+            ENQUEUE: CONNECT,
+            CONNECT: SLEEP,
+            DRAIN: SLEEP,
+            NOTICES: SLEEP,
+        }
         state = BOOT
         while state != SLEEP:
             self.trace.append(state)
@@ -148,30 +173,64 @@ class Node:
             self.reports.append(("safe_mode", "", True))
             self.reports.append(("boots", "", self.boots))
             return ENQUEUE
+        return SAMPLE if self.synced_at else CLOCK
+
+    def _clock(self):
+        """Never synced: link up and NTP before anything is stamped; a failure is noted, the wake goes on."""
+        try:
+            self.net.up(CONNECT_TIMEOUT_MS)
+        except OSError as exc:
+            self.link_error = exc  # CONNECT gives up at once: no second wait for the same link
+            self.ntp_error = repr(exc)
+            return SAMPLE
+        self._sync_clock()
         return SAMPLE
+
+    def _sync_clock(self):
+        self.ntp_tried = True  # once a wake: each try may wait for the time server's timeout
+        try:
+            self.net.ntp_sync()
+            self.synced_at = self.board.time_ms()
+        except OSError as exc:  # no time server today: messages say how old the sync is
+            self.ntp_error = repr(exc)
 
     def _sample(self):
         settings = self.config.settings
         calibration = settings["calibration"]
-        for metric, unit, read, samples in self.sensors:
-            raw, _failures = sampling.sample_median(read, samples or settings["samples"])
-            value, quality = sampling.calibrate(metric, raw, calibration)
-            self.readings.append((metric, unit, value, 0, quality))
+        rail = self.rail
+        if rail is not None:
+            rail.on()  # waits the rail's settle time
+        try:
+            for metric, unit, read, samples, needs_calibration, flags in self.sensors:
+                raw, _failures = sampling.sample_median(read, samples or settings["samples"])
+                value, quality = sampling.calibrate(metric, raw, calibration, needs_calibration)
+                if flags is not None:
+                    quality |= flags()
+                self.readings.append((metric, unit, value, 0, quality))
+        finally:
+            if rail is not None:
+                rail.off()  # also when a sensor crashed the wake
         return ENQUEUE
 
     def _enqueue(self):
-        now_s = self.board.time_ms() // 1000
+        now_ms = self.board.time_ms()
+        now_s = now_ms // 1000
         due = [r for r in self.readings if self.reporter.due(r[0], r[2], now_s)]
-        self._enqueue_frame(due + [(name, unit, value, 0, 0) for name, unit, value in self.reports])
+        extra = [(name, unit, value, 0, 0) for name, unit, value in self.reports]
+        if self.rssi_at and (due or extra):  # the last link's RSSI rides along, never a frame of its own
+            extra.append(("rssi", "dBm", self.rssi, self.rssi_at - now_ms, 0))
+            self.rssi_at = 0  # sent once: a frame built now is kept until it is acknowledged
+        self._enqueue_frame(due + extra, now_ms)
         self.reports = []
         for name, _unit, value, _t, _q in due:
             self.reporter.sent(name, value, now_s)
         return CONNECT
 
-    def _enqueue_frame(self, readings):
+    def _enqueue_frame(self, readings, now_ms=None):
         if not readings:
             return
-        now_ms = self.board.time_ms()
+        if now_ms is None:
+            now_ms = self.board.time_ms()
         frame = message.build_frame(
             self.key,
             self.id,
@@ -193,24 +252,31 @@ class Node:
                 "at": self.board.time_ms(),
                 "sw": self.fw,
                 "config_version": self.config.version,
+                "build": version.BUILD,
             }
         )
         return telemetry.sign(self.key, body)
 
     def _connect(self):
+        if self.link_error is not None:
+            raise self.link_error  # the link failed in this wake's clock step already
         self.net.up(CONNECT_TIMEOUT_MS)
+        self._note_rssi()
         sock = self.net.tcp_connect(self.broker[0], self.broker[1], CONNECT_TIMEOUT_MS)
         self.client = MqttClient(sock, self.board.ticks_ms)
         self.client.connect(self.id, 60, will=(self.topics["state"], self._presence(telemetry.KIND_WILL), True))
         self.client.publish(self.topics["state"], self._presence(telemetry.KIND_BIRTH), qos=1, retain=True)
         self.client.subscribe([self.topics["config"], self.topics["ota"], self.topics["awake"]])
-        if not self.synced_at or self.board.time_ms() - self.synced_at >= RESYNC_MS:
-            try:
-                self.net.ntp_sync()
-                self.synced_at = self.board.time_ms()
-            except OSError as exc:  # no time server today: messages say how old the sync is
-                self.ntp_error = repr(exc)
+        if not self.ntp_tried and (not self.synced_at or self.board.time_ms() - self.synced_at >= RESYNC_MS):
+            self._sync_clock()
         return DRAIN
+
+    def _note_rssi(self):
+        """Keep the link's RSSI for the next frame (RTC memory is saved at sleep)."""
+        read = getattr(self.net, "rssi", None)
+        dbm = read() if read is not None else None
+        if dbm is not None:
+            self.rssi, self.rssi_at = max(-128, min(127, int(dbm))), self.board.time_ms()
 
     def _connected(self):
         client = self.client

@@ -16,9 +16,13 @@ Board interface (duck-typed; MicroPython has no ``typing.Protocol``)::
     time_ms() -> int                         wall clock, ms since the Unix epoch (kept in deep sleep)
     sleep_ms(ms) / deep_sleep(ms)
     watchdog(timeout_ms) -> object with feed() / mark_app_valid()   (ESP32 only: the cycle takes both as hooks)
+    pin_write(pin, level)                    drive a GPIO as an output (0 or 1); released at every reset
     rs485(uart_id, tx, rx, de, baud, bits, parity, stop) -> port     half-duplex line, DE/RE on pin ``de``
         port.send(frame) / port.recv(n, timeout_ms) / port.discard() / port.char_us
         (see firmware/drivers/modbus_rtu.py; parity "N", "E" or "O")
+
+``SensorRail`` switches the sensors' supply through ``pin_write``: on (and settled) before sampling,
+off after, so between wakes the sensors draw nothing.
 
 The network side (Wi-Fi, TCP sockets, NTP, OTA file fetch) is ``Esp32Network``, the ``net`` of
 ``firmware/cycle.py``.  Time and OTA files come from the node's gateway (``edge_agent/time_server.py``,
@@ -98,6 +102,7 @@ class Esp32Board:
         self._rtc = machine.RTC()
         self._adcs = {}
         self._wires = {}
+        self._outputs = {}
         self.flash = FileFlash(flash_path, flash_size)
 
     def adc_read_uv(self, pin):
@@ -155,6 +160,13 @@ class Esp32Board:
     def deep_sleep(self, ms):
         self._machine.deepsleep(ms)
 
+    def pin_write(self, pin, level):
+        out = self._outputs.get(pin)
+        if out is None:  # the level is given with the mode: no glitch to the other level on the way
+            self._outputs[pin] = self._machine.Pin(pin, self._machine.Pin.OUT, value=level)
+        else:
+            out.value(level)
+
     def watchdog(self, timeout_ms):
         """Start the hardware watchdog (it cannot be stopped; deep sleep resets it): the cycle's ``feed()``."""
         return self._machine.WDT(timeout=timeout_ms)
@@ -174,6 +186,42 @@ class Esp32Board:
             uart_id, baudrate=baud, bits=bits, parity={"N": None, "E": 0, "O": 1}[parity], stop=stop, tx=tx, rx=rx
         )
         return Esp32Rs485(uart, machine.Pin(de, machine.Pin.OUT), char_us)
+
+
+class SensorRail:
+    """The sensors' switched supply: a load switch whose gate is one GPIO (``power`` in ``/ft_node.json``).
+
+    ``active`` is the pin level that turns the rail on: 0 on the reference build, whose P-MOSFET's
+    gate is pulled up, so the rail stays off while the pin floats (at reset, in deep sleep) and a
+    board that never drives the pin reads no sensor at all.  ``on()`` waits ``settle_ms`` before
+    anything is read (the capacitive probe's output needs about 150 ms to settle after power-up);
+    ``off()`` always drives the pin, so calling it on a crash path is safe.
+    """
+
+    def __init__(self, board, pin, active=0, settle_ms=0):
+        if active not in (0, 1) or isinstance(active, bool):
+            raise ValueError("power: active must be the pin level that turns the rail on, 0 or 1; got %r" % (active,))
+        if not isinstance(settle_ms, int) or isinstance(settle_ms, bool) or not 0 <= settle_ms <= 10000:
+            raise ValueError("power: settle_ms must be whole milliseconds, 0 to 10000; got %r" % (settle_ms,))
+        if not isinstance(pin, int) or isinstance(pin, bool) or pin < 0:
+            raise ValueError("power: pin must be a GPIO number; got %r" % (pin,))
+        self.board = board
+        self.pin = pin
+        self.active = active
+        self.settle_ms = settle_ms
+        self.is_on = False
+
+    def on(self):
+        if self.is_on:
+            return
+        self.board.pin_write(self.pin, self.active)
+        self.is_on = True
+        if self.settle_ms:
+            self.board.sleep_ms(self.settle_ms)
+
+    def off(self):
+        self.board.pin_write(self.pin, 1 - self.active)
+        self.is_on = False
 
 
 NTP_DELTA = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
@@ -239,6 +287,15 @@ class Esp32Network:
             if time.ticks_diff(time.ticks_ms(), start) > timeout_ms:
                 raise OSError(118, "Wi-Fi %r not joined in %d ms" % (self.ssid, timeout_ms))
             time.sleep_ms(100)
+
+    def rssi(self):
+        """dBm of the joined network, or None when not joined (the driver then raises OSError)."""
+        import network
+
+        try:
+            return network.WLAN(network.STA_IF).status("rssi")
+        except OSError:
+            return None
 
     def tcp_connect(self, host, port, timeout_ms):
         import socket

@@ -3,6 +3,10 @@
 Sensors answer in the bytes the real chips send (SHT3x words with their CRC, a DS18B20
 scratchpad with its CRC, ADC microvolts), so the drivers above are exercised exactly as on the
 node.  ``power_cycle`` models a brown-out: RTC memory and ticks are lost, flash is kept.
+
+A board may have the sensors on a switched rail (``SimBoard.switched_rail``, as the reference build's
+GPIO26 load switch): then they answer only while the firmware drives the rail's pin to its active
+level and the settle time has passed since; every reset releases the pins (the rail goes off).
 """
 
 import struct
@@ -11,6 +15,7 @@ from firmware.crc import crc8_dallas, crc8_sensirion, crc16_modbus
 from firmware.flash import RamFlash
 from firmware.hal import uart_char_us
 
+POWER_ON_CLOCK_MS = 946684800000  # 2000-01-01 00:00 UTC: what time.time() says on an ESP32 at power-on
 RTC_MEMORY_BYTES = 2048  # ESP32 RTC slow memory available to MicroPython's RTC.memory()
 SHT3X_MEASURE_HIGH = b"\x24\x00"
 
@@ -112,7 +117,7 @@ class SimRs485:
         self.sent.append(bytes(frame))
         self._line_time(len(frame))  # DE/RE drops only once the last bit is out
         self.de.append((self.board.ticks_ms(), 0))
-        responder = self.board.rs485_responders.get(self.uart_id)
+        responder = self.board.rs485_responders.get(self.uart_id) if self.board.powered() else None
         self._pending = (responder(bytes(frame)) if responder is not None else None) or b""
 
     def recv(self, n, timeout_ms):
@@ -140,21 +145,46 @@ class SimBoard:
         self._time_ms = time_ms
         self._ticks_ms = 0
         self.boots = 1
+        self.pins = {}  # GPIO driven as an output -> (level, ticks_ms since when)
+        self.pin_log = []  # (ticks_ms, GPIO, level) of every pin_write
+        self.rail = None  # (pin, active level, settle ms, ADC pins it feeds); None: the sensors are always powered
+
+    def switched_rail(self, pin, active, settle_ms, adc_pins=()):
+        """Put the sensors (I2C, 1-Wire, RS485 and the ADC pins ``adc_pins``) on a rail switched by ``pin``."""
+        self.rail = (pin, active, settle_ms, tuple(adc_pins))
+
+    def pin_write(self, pin, level):
+        level = 1 if level else 0
+        self.pin_log.append((self._ticks_ms, pin, level))
+        if self.pins.get(pin, (None,))[0] != level:
+            self.pins[pin] = (level, self._ticks_ms)
+
+    def powered(self, adc_pin=None):
+        """Whether the sensors (or the input on ``adc_pin``) have power now."""
+        if self.rail is None:
+            return True
+        pin, active, settle_ms, adc_pins = self.rail
+        if adc_pin is not None and adc_pin not in adc_pins:
+            return True  # not on the rail (the battery divider)
+        level, since = self.pins.get(pin, (None, 0))
+        return level == active and self._ticks_ms - since >= settle_ms
 
     def adc_read_uv(self, pin):
+        if not self.powered(pin):
+            return 0  # the probe's output is pulled down while it has no supply
         values = self.adc_uv.get(pin)
         if not values:
             raise OSError(19, "no ADC input on pin %d" % pin)
         return values.pop(0) if len(values) > 1 else values[0]
 
     def onewire_scratchpad(self, pin, rom):
-        pad = self.onewire.get((pin, bytes(rom)))
+        pad = self.onewire.get((pin, bytes(rom))) if self.powered() else None
         if pad is None:
             raise OSError(19, "no 1-Wire presence pulse on pin %d" % pin)
         return pad
 
     def _device(self, addr):
-        device = self.i2c.get(addr)
+        device = self.i2c.get(addr) if self.powered() else None
         if device is None:
             raise OSError(19, "I2C address 0x%02x does not acknowledge" % addr)
         return device
@@ -195,9 +225,13 @@ class SimBoard:
         self._time_ms += ms
         self._ticks_ms = 0
         self.boots += 1
+        self.pins = {}  # a reset releases the GPIOs
 
     def power_cycle(self):
-        """Supply lost and back: RTC memory is gone, flash (and the sensors) stay."""
+        """Supply lost and back: RTC memory is gone and the clock restarts at 2000-01-01 (an ESP32's RTC
+        counts from zero, MicroPython's epoch) until a sync sets it; flash (and the sensors) stay."""
+        self._time_ms = POWER_ON_CLOCK_MS
         self._rtc = b""
         self._ticks_ms = 0
         self.boots += 1
+        self.pins = {}

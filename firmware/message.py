@@ -2,7 +2,9 @@
 
 Every message says how long ago the clock was last synchronised (``sync``, seconds; -1 never),
 so the cloud can judge its timestamps; a clock never synchronised, or not for longer than
-``MAX_SYNC_AGE_S``, flags the header and every record with Q_CLOCK_UNSYNCED.
+``MAX_SYNC_AGE_S``, flags the header and every record with Q_CLOCK_UNSYNCED.  A frame is signed as
+it is built, so one stamped before the first sync keeps its stamp (and ``sync: -1``) for good: a
+later sync never re-stamps it, and the cloud judges it by its own time window.
 """
 
 from contract import telemetry

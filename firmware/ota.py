@@ -127,12 +127,17 @@ def remove_tree(path):
 
 
 class Updater:
-    """File-level A/B for the files under ``root`` (``"/"`` on the board)."""
+    """File-level A/B for the files under ``root`` (``"/"`` on the board).
 
-    def __init__(self, root, mark_app_valid=None):
+    ``build`` is the build of the files running now (``firmware/version.py``, written by the
+    bundle): a manifest must name a higher one, also on a node flashed by hand with no OTA history.
+    """
+
+    def __init__(self, root, mark_app_valid=None, build=0):
         self.root = root.rstrip("/")
         self.dir = self.root + "/.ota"
         self.mark_app_valid = mark_app_valid
+        self.build = build
         _makedirs(self.dir)
         self.state = self._load_state()
 
@@ -142,8 +147,8 @@ class Updater:
 
     @property
     def floor(self):
-        """Manifests at or below this version are refused: installed, or failed and rolled back."""
-        return max(self.version, self.state.get("failed") or 0, self.state.get("trial") or 0)
+        """Manifests at or below this version are refused: running, installed, or failed and rolled back."""
+        return max(self.build, self.version, self.state.get("failed") or 0, self.state.get("trial") or 0)
 
     def _live(self, path):
         return self.root + "/" + path

@@ -4,6 +4,13 @@ A node wakes, reads each sensor N times and keeps the median (one spike from a n
 disturbed probe does not reach the cloud), applies the per-metric linear calibration from its
 signed config, and sends a metric only when it moved by more than its delta or when its
 heartbeat is due, to save radio time and battery.
+
+Only some sensors need a field calibration to mean anything: a capacitive soil probe or a raw ADC
+input gives millivolts that only the probe's two-point calibration turns into a quantity.  Parts
+that report physical units themselves (DS18B20, SHT3x, a Modbus device decoded with its spec, a
+divider of known ratio) are used as they come; a config entry for one is applied as a correction,
+and its absence is no flaw.  A sensor says which it is (``sensor(..., needs_calibration=True)``), and may
+carry its driver's own quality flags (``flags()``, e.g. a Modbus point out of the spec's range).
 """
 
 import json
@@ -35,13 +42,25 @@ def sample_median(read, n):
     return (median(good) if good else None), failures
 
 
-def calibrate(metric, raw, calibration):
-    """``(value, quality)``: ``raw * scale + offset`` from ``calibration[metric]``, or raw and a flag if absent."""
+def sensor(metric, unit, read, samples=None, needs_calibration=False, flags=None):
+    """One sensor of a node, as ``Node`` reads it: a tuple (small on the heap), in this order.
+
+    ``read()`` returns one value or raises ``DriverError``; ``samples`` is how many reads make the
+    median (None: the config's ``samples``); ``needs_calibration`` is True when the value needs a field
+    calibration from the config (flagged ``Q_CALIBRATION_MISSING`` without one); ``flags()``, when
+    given, returns the driver's quality flags for the value just read, ORed into the record's.
+    """
+    return (metric, unit, read, samples, needs_calibration, flags)
+
+
+def calibrate(metric, raw, calibration, needed=True):
+    """``(value, quality)``: ``raw * scale + offset`` from ``calibration[metric]``; without an entry the
+    raw value, flagged ``Q_CALIBRATION_MISSING`` only when the sensor ``needed`` one."""
     if raw is None:
         return None, 0
     entry = calibration.get(metric)
     if entry is None:
-        return raw, Q_CALIBRATION_MISSING
+        return raw, Q_CALIBRATION_MISSING if needed else 0
     return raw * entry.get("scale", 1) + entry.get("offset", 0), 0
 
 

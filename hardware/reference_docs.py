@@ -91,6 +91,9 @@ def render_guide(builds: dict[str, ReferenceBuild] | None = None) -> str:
         "The builds FieldTrust is tested against. Parts are named by reference designator (U1, BT1 ...); a pin",
         "is `REF.PIN`. Currents are per unit, typical, at the rail the part sits on; \"off\" means the part is",
         "switched off between wakes. `fieldtrust hw bom`, `hw wiring` and `hw budget` print the same data.",
+        "",
+        "Provisioning a node or a gateway with the `fieldtrust` command (steps, calibration, replacement, offline",
+        "use, every error and what to do): [technician-provisioning.md](technician-provisioning.md).",
     ]
     for name in names:
         b = builds[name]

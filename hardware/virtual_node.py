@@ -55,8 +55,6 @@ log = logging.getLogger(__name__)
 
 #: the reference build's wiring (hardware/reference/node-esp32-soil.yaml), in /ft_node.json's form
 SOIL_PIN, DS18B20_PIN, BATTERY_PIN = 34, 4, 35
-#: metrics the firmware reports as the parts give them (factory calibrated, or a divider of known ratio)
-FACTORY_CALIBRATED = ("soil_temperature", "air_temperature", "battery")
 BATTERY_DIVIDER = 2.0  # 1 MOhm over 1 MOhm: the ADC sees half the cell (battery.read_mv's default ratio)
 
 
@@ -336,15 +334,9 @@ class VirtualNode(SimulatorThread):
 
     @property
     def config(self) -> dict:
-        """The ``cfg`` of the node's config: its interval and calibrations.
-
-        The soil probe's comes from its two points; the DS18B20, the SHT3x and the divider are used
-        as they come (scale 1), which the firmware must be told, or it flags their readings
-        ``calibration_missing``.
-        """
-        calibration = {metric: {"scale": 1.0, "offset": 0.0} for metric in FACTORY_CALIBRATED}
-        calibration["soil_moisture"] = self.probe.calibration()
-        return {"interval_s": self.settings.interval_s, "calibration": calibration}
+        """The ``cfg`` of the node's config: its interval and the soil probe's calibration (from its two
+        points); the DS18B20, the SHT3x and the divider give physical units and need none."""
+        return {"interval_s": self.settings.interval_s, "calibration": {"soil_moisture": self.probe.calibration()}}
 
     def _build(self, board: FarmBoard) -> cycle.Node:
         """The firmware's node as ``firmware.main`` builds it at boot, its outbox seen by the tally."""

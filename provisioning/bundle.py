@@ -10,7 +10,13 @@ A bundle directory holds, with package paths kept (the board's root is the direc
     main.py                      the board's entry point, source (a board runs main.py, not main.mpy)
     firmware/**.mpy              every firmware module but the simulations (``*_sim.py``)
     contract/__init__.mpy, contract/telemetry.mpy, contract/topics.mpy
-    manifest.json                version, MicroPython and mpy version, and every file: path, size, SHA-256
+    manifest.json                version, build, MicroPython and mpy version, and every file: path, size, SHA-256
+
+A bundle has a human ``version`` ("0.2.0") and an integer ``build`` that only grows: a node compares
+builds (an OTA manifest must name one above the node's), so the cloud's release number is the
+bundle's build (``fieldtrust cloud firmware publish``).  Both are written into the bundle's own
+``firmware/version.py`` (compiled with the rest) in place of the source tree's, so the node reports
+the version it runs and its OTA floor starts at its build.
 
 A module that does not compile stops the build with a ``BundleError`` that names each failure as
 ``path:line: message``; nothing is written then.
@@ -18,6 +24,7 @@ A module that does not compile stops the build with a ``BundleError`` that names
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import re
@@ -33,6 +40,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TARGET_MICROPYTHON = (1, 27)  # the release the firmware is written and tested for
 SMALL_INT_BITS = 31  # an ESP32's small ints; bytecode-only .mpy files carry no architecture
 CONTRACT_MODULES = ("contract/__init__.py", "contract/telemetry.py", "contract/topics.py")
+VERSION_MODULE = "firmware/version.py"  # replaced in every bundle by one naming its version and build
+MAX_BUILD = 2**31 - 1  # a release number the cloud stores as an integer column
 BOARD_MAIN = "import firmware.main as m\n\nm.run()\n"
 MANIFEST = "manifest.json"
 COMPILE_TIMEOUT_S = 60.0
@@ -66,6 +75,7 @@ class BundleFile:
 class Bundle:
     out_dir: Path
     version: str
+    build: int | None  # None only in a bundle made before builds were recorded: give one when publishing
     micropython: str
     mpy_version: int
     mpy_sub_version: int
@@ -78,6 +88,7 @@ class Bundle:
     def manifest(self) -> dict:
         return {
             "version": self.version,
+            "build": self.build,
             "micropython": self.micropython,
             "mpy": {"version": self.mpy_version, "sub_version": self.mpy_sub_version, "small_int_bits": SMALL_INT_BITS},
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
@@ -91,7 +102,7 @@ def node_sources(root: Path = PROJECT_ROOT) -> dict[str, Path]:
         for path in sorted((root / "firmware").rglob("*.py"))
         if not path.name.endswith("_sim.py")
     }
-    for name in CONTRACT_MODULES:
+    for name in (*CONTRACT_MODULES, VERSION_MODULE):
         sources[name] = root / name
     missing = [name for name, path in sources.items() if not path.is_file()]
     if missing:
@@ -128,11 +139,47 @@ def compile_module(source: Path, dest: Path, board_path: str, compiler: Compiler
         raise BundleError(_compile_error(board_path, out.stdout + out.stderr))
 
 
-def build_bundle(out_dir: Path | str, version: str, root: Path = PROJECT_ROOT) -> Bundle:
-    """Compile every node module into ``out_dir`` (new or empty) with ``main.py`` and ``manifest.json``."""
+def source_version(root: Path = PROJECT_ROOT) -> tuple[str, int]:
+    """``(VERSION, BUILD)`` of the source tree's ``firmware/version.py``; BundleError when it does not hold both."""
+    path = root / VERSION_MODULE
+    try:
+        values = {
+            target.id: ast.literal_eval(node.value)
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        version, build = values["VERSION"], values["BUILD"]
+    except (OSError, SyntaxError, ValueError, KeyError) as exc:
+        raise BundleError(f"{path}: cannot read VERSION and BUILD ({exc!r})") from None
+    if not isinstance(version, str) or not isinstance(build, int) or isinstance(build, bool):
+        raise BundleError(f"{path}: VERSION must be a string and BUILD an integer; got {version!r}, {build!r}")
+    return version, build
+
+
+def version_module(version: str, build: int) -> str:
+    """The ``firmware/version.py`` a bundle carries."""
+    return (f'"""This bundle\'s firmware (written by provisioning/bundle.py): see firmware/version.py."""\n\n'
+            f"VERSION = {version!r}\nBUILD = {build!r}\n")
+
+
+def build_bundle(out_dir: Path | str, version: str, build: int | None = None, root: Path = PROJECT_ROOT) -> Bundle:
+    """Compile every node module into ``out_dir`` (new or empty) with ``main.py`` and ``manifest.json``.
+
+    ``build`` is the integer nodes compare (1 or more, above every earlier release); it may be left out
+    only for the source tree's own version, whose build ``firmware/version.py`` holds.
+    """
     out_dir = Path(out_dir)
     if not _BUNDLE_VERSION_RE.fullmatch(version or ""):
         raise BundleError(f"bundle version must be 1-32 of A-Z a-z 0-9 . + _ - (alphanumeric first); got {version!r}")
+    if build is None:
+        tree_version, build = source_version(root)
+        if version != tree_version:
+            raise BundleError(f"bundle version {version!r}: give its build number (the source tree's build "
+                              f"{build} is version {tree_version!r}'s)")
+    if not isinstance(build, int) or isinstance(build, bool) or not 1 <= build <= MAX_BUILD:
+        raise BundleError(f"bundle build must be a whole number 1..{MAX_BUILD}; got {build!r}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise BundleError(f"{out_dir} exists and is not an empty directory: choose a new one")
     compiler = find_compiler()
@@ -141,6 +188,9 @@ def build_bundle(out_dir: Path | str, version: str, root: Path = PROJECT_ROOT) -
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
     try:
         failures = []
+        generated = staging / ".version.py"  # compiled as firmware/version.py, not shipped as source
+        generated.write_text(version_module(version, build))
+        sources[VERSION_MODULE] = generated
         for board_path, source in sources.items():
             try:
                 compile_module(source, staging / Path(board_path).with_suffix(".mpy"), board_path, compiler)
@@ -148,9 +198,11 @@ def build_bundle(out_dir: Path | str, version: str, root: Path = PROJECT_ROOT) -
                 failures.append(str(exc))
         if failures:
             raise BundleError(f"{len(failures)} module(s) do not compile:\n" + "\n".join(failures))
+        generated.unlink()
         (staging / "main.py").write_text(BOARD_MAIN)
         files = tuple(_describe(staging, path) for path in sorted(staging.rglob("*")) if path.is_file())
-        bundle = Bundle(out_dir, version, compiler.micropython, compiler.mpy_version, compiler.mpy_sub_version, files)
+        bundle = Bundle(out_dir, version, build, compiler.micropython, compiler.mpy_version,
+                        compiler.mpy_sub_version, files)
         (staging / MANIFEST).write_text(json.dumps(bundle.manifest(), indent=1) + "\n")
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
@@ -166,9 +218,13 @@ def load_bundle(out_dir: Path | str) -> Bundle:
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text())
         files = tuple(BundleFile(f["path"], int(f["size"]), f["sha256"]) for f in manifest["files"])
+        build = manifest.get("build")
+        if build is not None and (not isinstance(build, int) or isinstance(build, bool) or build < 1):
+            raise ValueError(f"build must be a whole number >= 1; got {build!r}")
         bundle = Bundle(
             out_dir,
             manifest["version"],
+            build,
             manifest["micropython"],
             int(manifest["mpy"]["version"]),
             int(manifest["mpy"]["sub_version"]),

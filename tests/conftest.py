@@ -1,10 +1,18 @@
-"""Shared fixtures: the machine's real broker, and checks that tests leave nothing running."""
+"""Shared fixtures: the machine's real broker, PostgreSQL databases, and checks that tests leave nothing running.
+
+Databases: ``fresh_db`` is the owner's URL of a new migrated database (migrations, seeding and
+checking rows as a test sees fit); services under test connect as ``ft_app`` (``app_url``), never
+as a superuser, which would bypass row-level security.  ``app_db`` gives both.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
@@ -81,11 +89,9 @@ def pg_server_url() -> str:
     return TEST_DATABASE_URL
 
 
-@pytest.fixture
-def fresh_db(pg_server_url: str):
-    """A new, migrated database on the test server; dropped afterwards.  Yields its URL."""
-    import uuid
-
+@contextlib.contextmanager
+def _migrated_database(pg_server_url: str) -> Iterator[str]:
+    """A new, migrated database on the test server, dropped at the end of the block.  Yields its URL."""
     import psycopg
     from psycopg import sql
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -104,3 +110,59 @@ def fresh_db(pg_server_url: str):
     finally:
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_db(pg_server_url: str):
+    """A new, migrated database on the test server; dropped afterwards.  Yields its URL."""
+    with _migrated_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def app_url(fresh_db: str) -> str:
+    """The ft_app URL of :func:`fresh_db`: how services (API, ingest, downlink) log in, under row-level security."""
+    from cloud.config import app_url as derive
+
+    return derive(fresh_db)
+
+
+class AppDatabase(NamedTuple):
+    """A fresh migrated database: the owner's URL (migrations, test setup) and the services' (ft_app)."""
+
+    owner_url: str
+    app_url: str
+
+
+@pytest.fixture
+def app_db(fresh_db: str, app_url: str) -> AppDatabase:
+    return AppDatabase(fresh_db, app_url)
+
+
+@pytest.fixture(scope="module")
+def module_app_db(pg_server_url: str) -> Iterator[AppDatabase]:
+    """Like :func:`app_db`, shared by the tests of one module (each test uses its own tenants, so they do not
+    meet): creating and migrating a database costs seconds."""
+    from cloud.config import app_url as derive
+
+    with _migrated_database(pg_server_url) as url:
+        yield AppDatabase(url, derive(url))
+
+
+# -- stages: `make test` runs unit, integration and browser tests as separate, timed stages (.ci/test-stages) --
+#: fixtures that reach PostgreSQL or an MQTT broker: a test using any of them (directly or through another
+#: fixture) is an integration test
+_INTEGRATION_FIXTURES = {"shared_broker", "private_broker", "pg_server_url", "fresh_db", "app_url", "app_db",
+                         "module_app_db"}
+#: test files that start brokers, databases or whole services themselves
+_INTEGRATION_FILES = ("test_resilience_", "test_services_", "test_local_broker", "test_demo", "test_agent",
+                      "test_provisioning_e2e", "test_virtual_board", "test_ingest_", "test_fleet_")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "chromium" in names:
+            item.add_marker(pytest.mark.browser)
+        elif names & _INTEGRATION_FIXTURES or item.path.name.startswith(_INTEGRATION_FILES):
+            item.add_marker(pytest.mark.integration)

@@ -2,7 +2,8 @@
 
 A private Mosquitto (never the shared one) runs with the generated password and ACL files; real
 MQTT 5 clients show that a gateway cannot publish as, or read, another gateway, cannot forge
-receipts, and that the ingest credential receives uplinks through its shared subscription.
+receipts, that the ingest credential receives uplinks through its shared subscription, and that the fleet
+credential reads every gateway's heartbeats and presence and writes agent updates that only their gateway reads.
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def test_acl_file_grants_each_gateway_only_its_own_topics() -> None:
     assert gw_block.splitlines() == [
         "topic write ft/v1/t1/gw/gw-a/up", "topic write ft/v1/t1/gw/gw-a/health", "topic write ft/v1/t1/gw/gw-a/state",
         "topic read ft/v1/t1/gw/gw-a/receipt", "topic read ft/v1/t1/gw/gw-a/config",
+        "topic read ft/v1/t1/gw/gw-a/update",
+        "topic read ft/v1/t1/gw/gw-a/node/+/+", "topic read ft/v1/t1/gw/gw-a/file/+",
     ]
     assert "topic read ft/v1/+/gw/+/up" in acl and "topic write ft/v1/+/gw/+/receipt" in acl
+    fleet = broker_acl.render_acl_file([broker_acl.BrokerAccount("fleet", "$7$1$x$y", "fleet")])
+    assert fleet.split("user fleet\n")[1].splitlines() == [
+        "topic write ft/v1/+/gw/+/update", "topic read ft/v1/+/gw/+/health", "topic read ft/v1/+/gw/+/state"]
+    with pytest.raises(ValueError, match="unknown role 'admin'"):
+        broker_acl.render_acl_file([broker_acl.BrokerAccount("x", "$7$1$x$y", "admin")])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="MQTT username must be"):
         broker_acl.render_password_file([broker_acl.BrokerAccount("a:b", "$7$1$x$y", "ingest")])
     with pytest.raises(ValueError, match="used twice: gw-a"):
@@ -121,7 +129,7 @@ def received(client: Client, timeout: float = 2.0) -> list[tuple[str, bytes]]:
 def acl_broker(fresh_db: str, tmp_path: Path) -> Iterator[tuple[PrivateMosquitto, dict[str, str]]]:
     """A private Mosquitto with the files written from a registry of two gateways, a gateway whose
     key was revoked, and the ingest credential.  Yields it and the passwords by username."""
-    passwords = {name: uuid.uuid4().hex for name in ("gw-a", "gw-b", "gw-c", "ingest")}
+    passwords = {name: uuid.uuid4().hex for name in ("gw-a", "gw-b", "gw-c", "ingest", "fleet")}
     with psycopg.connect(fresh_db, autocommit=True) as conn:
         registry.register_tenant(conn, TENANT, "ACL test")
         for gw in ("gw-a", "gw-b", "gw-c"):
@@ -132,8 +140,10 @@ def acl_broker(fresh_db: str, tmp_path: Path) -> Iterator[tuple[PrivateMosquitto
     runner, env = CliRunner(), {"FIELDTRUST_DATABASE_URL": fresh_db}
     result = runner.invoke(app, ["cloud", "register-ingest-credential", "--password", passwords["ingest"]], env=env)
     assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["cloud", "register-fleet-credential", "--password", passwords["fleet"]], env=env)
+    assert result.exit_code == 0 and "fleet broker login fleet registered" in result.output, result.output
     result = runner.invoke(app, ["cloud", "broker-config", "--out", str(tmp_path / "etc")], env=env)
-    assert result.exit_code == 0 and "2 gateway(s), 1 service(s)" in result.output, result.output
+    assert result.exit_code == 0 and "2 gateway(s), 2 service(s)" in result.output, result.output
     password_file, acl_file = tmp_path / "etc" / broker_acl.PASSWORD_FILE, tmp_path / "etc" / broker_acl.ACL_FILE
     assert password_file.stat().st_mode & 0o077 == 0
     assert passwords["ingest"] not in password_file.read_text()
@@ -170,6 +180,36 @@ def test_gateways_are_confined_to_their_own_topics(acl_broker: tuple[PrivateMosq
         ingest.publish(receipt_b, b"end")
         assert received(gw_a) == [(receipt_a, b"receipt for a")]  # not b's, not its own forgery
         assert received(gw_b) == [(receipt_b, b"receipt for b")]
+
+
+def test_fleet_reads_presence_and_writes_updates_each_gateway_reads_its_own(
+        acl_broker: tuple[PrivateMosquitto, dict[str, str]]) -> None:
+    broker, passwords = acl_broker
+    topic = {(gw, leaf): topics.gateway(TENANT, gw, leaf) for gw in ("gw-a", "gw-b")
+             for leaf in ("up", "health", "state", "update")}
+    with (connected(broker, "fleet", passwords["fleet"]) as fleet,
+          connected(broker, "gw-a", passwords["gw-a"]) as gw_a,
+          connected(broker, "gw-b", passwords["gw-b"]) as gw_b):
+        assert (fleet.reason, gw_a.reason, gw_b.reason) == (0, 0, 0)
+        for leaf in ("health", "state", "up"):
+            fleet.subscribe(f"ft/v1/+/gw/+/{leaf}")
+        assert gw_a.subscribe(topic["gw-a", "update"]) == 1
+        gw_a.subscribe(topic["gw-b", "update"])  # granted, then nothing arrives (read is checked per message)
+        assert gw_b.subscribe(topic["gw-b", "update"]) == 1
+
+        gw_a.publish(topic["gw-a", "up"], b"a batch: not the fleet's to read")
+        gw_a.publish(topic["gw-a", "health"], b"a's heartbeat")
+        gw_b.publish(topic["gw-b", "state"], b"b's birth")
+        gw_a.publish(topic["gw-a", "update"], b"a cannot forge its own update")
+        gw_b.publish(topic["gw-b", "health"], b"end")
+        assert received(fleet) == [(topic["gw-a", "health"], b"a's heartbeat"), (topic["gw-b", "state"], b"b's birth")]
+
+        fleet.publish(topic["gw-b", "update"], b"update for b")
+        fleet.publish(topic["gw-a", "update"], b"update for a")
+        fleet.publish(topic["gw-a", "update"], b"end")
+        fleet.publish(topic["gw-b", "update"], b"end")
+        assert received(gw_a) == [(topic["gw-a", "update"], b"update for a")]
+        assert received(gw_b) == [(topic["gw-b", "update"], b"update for b")]
 
 
 def test_wrong_missing_and_revoked_credentials_are_refused(

@@ -11,29 +11,37 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import psycopg
 import pytest
 from test_firmware_micropython import needs_micropython
+from typer.testing import CliRunner
 
+from cloud.store import downlink as releases
 from contract import telemetry
+from fieldtrust.cli.main import app as cli
+from firmware import version as source
 from hardware.micropython_runner import MAX_SCRIPT_BYTES, run_micropython
 from provisioning.bundle import (
     BOARD_MAIN,
     MANIFEST,
     PROJECT_ROOT,
+    VERSION_MODULE,
     BundleError,
     build_bundle,
     compile_module,
     find_compiler,
     load_bundle,
     node_sources,
+    source_version,
 )
 
 SOURCES = node_sources()
+VERSION, BUILD = "0.3.0-rc.1", 7
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory):
-    return build_bundle(tmp_path_factory.mktemp("bundle") / "out", "0.2.0")
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "out", VERSION, BUILD)
 
 
 @pytest.mark.parametrize("board_path", sorted(SOURCES))
@@ -54,7 +62,7 @@ def test_the_bundle_holds_what_a_node_runs_and_nothing_else(bundle):
 
 def test_manifest_hashes_and_sizes_match_the_files(bundle):
     manifest = json.loads(bundle.manifest_path.read_text())
-    assert manifest["version"] == "0.2.0" and manifest["mpy"]["version"] == 6
+    assert (manifest["version"], manifest["build"], manifest["mpy"]["version"]) == (VERSION, BUILD, 6)
     on_disk = sorted(p.relative_to(bundle.out_dir).as_posix() for p in bundle.out_dir.rglob("*") if p.is_file())
     assert on_disk == sorted([f["path"] for f in manifest["files"]] + [MANIFEST])
     for entry in manifest["files"]:
@@ -87,7 +95,7 @@ def test_a_module_that_does_not_compile_is_named_with_file_and_line(tmp_path: Pa
     (root / "firmware" / "drivers" / "worse.py").write_text("def f(:\n    pass\n")
     out = tmp_path / "out"
     with pytest.raises(BundleError) as err:
-        build_bundle(out, "0.2.1", root=root)
+        build_bundle(out, "0.2.1", 3, root=root)
     message = str(err.value)
     assert "2 module(s) do not compile" in message
     assert "firmware/broken.py:2: SyntaxError: 'return' outside function" in message
@@ -95,9 +103,15 @@ def test_a_module_that_does_not_compile_is_named_with_file_and_line(tmp_path: Pa
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["src"]  # nothing half-written
 
 
-def test_bad_version_and_used_directory_are_refused(tmp_path: Path):
+def test_bad_version_build_and_used_directory_are_refused(tmp_path: Path):
     with pytest.raises(BundleError, match="bundle version must be"):
         build_bundle(tmp_path / "a", "0.2 beta")
+    for bad in (0, -3, True, "4", 2**31):
+        with pytest.raises(BundleError, match="bundle build must be a whole number"):
+            build_bundle(tmp_path / "a", "0.2.1", bad)  # type: ignore[arg-type]
+    with pytest.raises(BundleError, match=f"give its build number .*build {source.BUILD} is version"):
+        build_bundle(tmp_path / "a", "9.9.9")  # only the source tree's version has a build to default to
+    assert not (tmp_path / "a").exists()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "old.mpy").write_bytes(b"")
     with pytest.raises(BundleError, match="not an empty directory"):
@@ -127,7 +141,9 @@ for name in MODULES:
 imported = gc.mem_alloc() - before
 gc.enable()
 from contract import telemetry
+from firmware import main, version
 print(sys.implementation._mpy, telemetry.__file__, imported)
+print(repr(version.VERSION), version.BUILD, main.FW)
 print(binascii.hexlify(telemetry.sign(KEY, BODY)).decode())
 print(telemetry.verify(telemetry.sign(KEY, BODY), KEY) == BODY)
 """
@@ -153,9 +169,10 @@ def test_compiled_modules_load_and_sign_on_micropython(bundle):
     assert len(script) < MAX_SCRIPT_BYTES, "the bundle outgrew one runner script: install it in parts"
     run = run_micropython(script, modules={}, timeout=20)  # no .py on the board: only the bundle's .mpy files
     assert run.returncode == 0, run.stdout + run.stderr
-    first, mac_frame, verified = run.stdout.split("\n")[:3]
+    first, versions, mac_frame, verified = run.stdout.split("\n")[:4]
     accepted, loaded_from, imported = first.split()
     assert loaded_from == "/lib/contract/telemetry.mpy"
+    assert versions == f"{VERSION!r} {BUILD} fw/{VERSION}"  # the bundle's, not the source tree's
     assert bytes.fromhex(mac_frame) == telemetry.sign(key, body) and verified == "True"
     # the header the compiler writes is the one this MicroPython accepts: same mpy version, no native
     # code (so no architecture or sub-version to match), small ints no wider than an ESP32's
@@ -165,3 +182,30 @@ def test_compiled_modules_load_and_sign_on_micropython(bundle):
     assert (bundle.mpy_version, bundle.mpy_sub_version) == (accepted & 0xFF, (accepted >> 8) & 3)
     assert find_compiler().mpy_version == accepted & 0xFF
     print(f"importing every firmware module from .mpy on MicroPython: {imported} bytes of heap")
+
+
+def test_the_source_tree_version_is_the_default_and_a_manifest_without_build_still_loads(bundle, tmp_path: Path):
+    assert source_version() == (source.VERSION, source.BUILD)
+    assert (PROJECT_ROOT / VERSION_MODULE).read_text().count("BUILD = ") == 1
+    copy = tmp_path / "old"
+    shutil.copytree(bundle.out_dir, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["build"]  # a bundle made before builds were recorded
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert load_bundle(copy).build is None
+    manifest["build"] = "7"
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="build must be a whole number"):
+        load_bundle(copy)
+
+
+def test_publish_takes_the_release_number_from_the_bundles_build(bundle, fresh_db: str):
+    runner, env = CliRunner(), {"FIELDTRUST_DATABASE_URL": fresh_db}
+    result = runner.invoke(cli, ["cloud", "firmware", "publish", "--dir", str(bundle.out_dir), "--build", "8"], env=env)
+    assert result.exit_code == 2 and "the bundle is build 7" in result.output, result.output
+    result = runner.invoke(cli, ["cloud", "firmware", "publish", "--dir", str(bundle.out_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(fresh_db) as conn:
+        [release] = releases.list_releases(conn)
+    assert release.version == BUILD
+    assert {f["path"] for f in release.manifest["files"]} == {f.path for f in bundle.files}

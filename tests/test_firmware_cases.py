@@ -109,6 +109,21 @@ def test_soil_moisture_two_point_calibration():
     assert raises(DriverError, soil_moisture.read_mv, board, 35).reason == "no_adc"
 
 
+def test_soil_probe_readings_no_probe_can_give_are_refused():
+    board = SimBoard()
+    board.adc_uv[34] = [12000, 499000, 500000, 3099000, 3100000, 3300000]  # unpowered, ..., saturated
+    reasons = []
+    for _ in range(6):
+        try:
+            reasons.append(soil_moisture.read_mv(board, 34))
+        except DriverError as exc:
+            reasons.append(exc.reason)
+    assert reasons == ["no_probe", "no_probe", 500, 3099, "out_of_range", "out_of_range"]
+    assert "12 mV" in str(raises(DriverError, soil_moisture.check_mv, 12.3))
+    value, failures = sampling.sample_median(lambda: soil_moisture.read_mv(board, 34), 3)
+    assert (value, failures) == (None, ["out_of_range"] * 3)  # never a value from a probe that is not there
+
+
 def test_battery_divider():
     assert battery.battery_mv(2000, 100000, 100000) == 4000
     assert close(battery.battery_mv(1000, 300000, 100000), 4000)
@@ -126,7 +141,7 @@ def test_median_of_n_ignores_a_spike_and_failed_reads():
     assert sampling.median([4, 1, 3, 2]) == 2.5
     assert raises(ValueError, sampling.median, [])
     board = SimBoard()
-    board.adc_uv[34] = [1900000, 1910000, 3300000, 1905000, 1902000]
+    board.adc_uv[34] = [1900000, 1910000, 2900000, 1905000, 1902000]
     value, failures = sampling.sample_median(lambda: soil_moisture.read_mv(board, 34), 5)
     assert (value, failures) == (1905, [])
     value, failures = sampling.sample_median(lambda: soil_moisture.read_mv(board, 36), 3)
@@ -140,6 +155,10 @@ def test_linear_calibration_from_config():
     value, q = sampling.calibrate("air_temperature", 21.0, cal)
     assert close(value, 20.6) and q == 0
     assert sampling.calibrate("soil_temperature", 18.5, cal) == (18.5, telemetry.Q_CALIBRATION_MISSING)
+    # a part that reports physical units needs no entry; one it has is a correction
+    assert sampling.calibrate("soil_temperature", 18.5, cal, False) == (18.5, 0)
+    value, q = sampling.calibrate("air_temperature", 21.0, cal, False)
+    assert close(value, 20.6) and q == 0
     assert sampling.calibrate("soil_moisture", None, cal) == (None, 0)
 
 
@@ -353,7 +372,7 @@ class Node:
 
     def __init__(self):
         self.board = SimBoard(flash=RamFlash(16 * 4096))
-        self.board.adc_uv[34] = [1900000, 1910000, 3300000, 1905000, 1902000]
+        self.board.adc_uv[34] = [1900000, 1910000, 2900000, 1905000, 1902000]
         self.board.adc_uv[35] = [1850000]
         self.board.onewire[(4, ROM)] = ds18b20_scratchpad(18.5)
         self.board.i2c[0x44] = SimSht3x(21.3, 64.0)

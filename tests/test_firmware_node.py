@@ -216,7 +216,8 @@ def test_cycle_against_real_mosquitto_resends_after_a_lost_puback(shared_broker,
             started = time.monotonic()
             mode, ms = node.run()
             awake_s = time.monotonic() - started
-            assert node.errors == [] and node.trace == cases.FULL_TRACE and len(node.outbox) == 0
+            # no time server on this network: the clock is never synced, so each wake tries first (the clock step)
+            assert node.errors == [] and node.trace == cases.POWER_ON_TRACE and len(node.outbox) == 0
             assert proxy["dropped"] == 1
             board.deep_sleep(3600 * 1000)  # a typical wake: heartbeat due, nothing lost
             node = cycle.Node(board, net, identity, cases.sensors(board), cases.Watchdog())

@@ -15,8 +15,9 @@ import struct
 import time
 
 from contract import telemetry
-from firmware import config, cycle, mqtt, ota
+from firmware import config, cycle, mqtt, ota, sampling, version
 from firmware.drivers import battery, sht3x
+from firmware.drivers.errors import DriverError
 from firmware.flash import PowerLoss, RamFlash, Region
 from firmware.hal_sim import SimBoard, SimSht3x
 
@@ -145,8 +146,10 @@ class FakeNet:
         self.board = board
         self.broker = broker
         self.link_up = True
+        self.rssi_dbm = -67  # None: the radio gives no reading
         self.ntp_ok = True
         self.true_time_ms = None  # NTP answer; None: the board's clock is already right
+        self.ntp_calls = 0
         self.files = {}
         self.sockets = []
 
@@ -159,7 +162,11 @@ class FakeNet:
         self.sockets.append(sock)
         return sock
 
+    def rssi(self):
+        return self.rssi_dbm if self.link_up else None
+
     def ntp_sync(self):
+        self.ntp_calls += 1
         if not self.ntp_ok:
             raise OSError(mqtt.ETIMEDOUT, "NTP timed out")
         if self.true_time_ms is not None:
@@ -189,8 +196,8 @@ def sim_board():
 
 def sensors(board):
     return [
-        ("air_temperature", "Cel", lambda: sht3x.measure(board)[0], 1),
-        ("battery", "mV", lambda: battery.read_mv(board, 35), 3),
+        sampling.sensor("air_temperature", "Cel", lambda: sht3x.measure(board)[0], 1),
+        sampling.sensor("battery", "mV", lambda: battery.read_mv(board, 35), 3),
     ]
 
 
@@ -456,6 +463,7 @@ def test_ota_rolls_back_a_trial_that_never_becomes_healthy_even_after_a_cut_mid_
 UP = "ft/v1/node/node-7/up"
 STATE = "ft/v1/node/node-7/state"
 FULL_TRACE = ["boot", "sample", "enqueue", "connect", "drain", "notices", "sleep"]
+POWER_ON_TRACE = ["boot", "clock"] + FULL_TRACE[1:]  # a clock never synced is set before sampling
 
 
 def up_bodies(net):
@@ -472,7 +480,7 @@ def test_cycle_wakes_samples_sends_and_sleeps_aligned_to_the_schedule():
     board = sim_board()
     net = FakeNet(board)
     node, (mode, ms) = wake(board, net)
-    assert node.trace == FULL_TRACE and node.errors == [] and node.watchdog.fed == 6
+    assert node.trace == POWER_ON_TRACE and node.errors == [] and node.watchdog.fed == 7
     assert mode == "deep" and (board.time_ms() + ms) % 900000 == 0 and ms >= cycle.MIN_SLEEP_MS
     state = [p for p in net.published() if p[0] == STATE]
     assert [(p[2], p[3]) for p in state] == [(1, True)]  # birth: QoS 1, retained
@@ -480,14 +488,17 @@ def test_cycle_wakes_samples_sends_and_sleeps_aligned_to_the_schedule():
     assert net.sockets[0].will[2] is True
     first = up_bodies(net)
     assert len(first) == 1 and len(node.outbox) == 0
-    assert first[0]["sync"] == -1 and first[0]["q"] & telemetry.Q_CLOCK_UNSYNCED  # sampled before the first NTP
+    assert first[0]["sync"] == 0 and first[0]["q"] == 0  # the first wake set the clock before sampling
     assert [r["n"] for r in first[0]["r"]] == ["air_temperature", "battery"]
     board.deep_sleep(ms)
     board.i2c[0x44].temperature_c = 25.0
     node, _ = wake(board, net)
     second = up_bodies(net)[1]
     assert second["seq"] == 1 and abs(second["sync"] - ms / 1000) <= 1 and second["q"] == 0
-    assert [r["n"] for r in second["r"]] == ["air_temperature"]  # battery unchanged, heartbeat not due
+    # battery unchanged, heartbeat not due; the first wake's link RSSI rides along, stamped when it was read
+    assert [r["n"] for r in second["r"]] == ["air_temperature", "rssi"]
+    rssi = second["r"][1]
+    assert (rssi["u"], rssi["v"], rssi["q"]) == ("dBm", -67, 0) and -ms - 5000 < rssi["t"] < -ms + 5000
 
 
 def test_cycle_keeps_frames_while_the_network_is_down_and_resends_on_a_lost_puback():
@@ -495,8 +506,8 @@ def test_cycle_keeps_frames_while_the_network_is_down_and_resends_on_a_lost_puba
     net = FakeNet(board)
     net.link_up = False
     node, (mode, ms) = wake(board, net)
-    assert node.trace == ["boot", "sample", "enqueue", "connect", "sleep"] and node.errors[0][0] == "connect"
-    assert node.watchdog.fed == 3 and len(node.outbox) == 1 and mode == "deep"  # not fed for the failed step
+    assert node.trace == ["boot", "clock", "sample", "enqueue", "connect", "sleep"] and node.errors[0][0] == "connect"
+    assert node.watchdog.fed == 4 and len(node.outbox) == 1 and mode == "deep"  # not fed for the failed step
     board.deep_sleep(ms)
     net.link_up, net.broker = True, {"drop_pubacks": 99}  # the broker takes frames but never acknowledges
     board.i2c[0x44].temperature_c = 30.0
@@ -544,7 +555,7 @@ def test_cycle_safe_mode_after_repeated_crashes():
         raise RuntimeError("a bug in a driver")
 
     def boot():
-        node = cycle.Node(board, net, {"id": NODE, "key": KEY}, [("x", "", crash, 1)], Watchdog())
+        node = cycle.Node(board, net, {"id": NODE, "key": KEY}, [sampling.sensor("x", "", crash, 1)], Watchdog())
         return node, node.run
 
     for _ in range(cycle.SAFE_MODE_BOOTS):
@@ -619,7 +630,141 @@ def test_main_wires_the_sensors_named_in_the_settings():
     mode, _ms = node.run()
     sent = up_bodies(node.net)[0]
     assert mode == "deep" and sent["fw"] == main.FW and [r["n"] for r in sent["r"]] == [s[0] for s in node.sensors]
-    assert sent["r"][0]["q"] & telemetry.Q_CALIBRATION_MISSING  # no calibration in the default config
+    # no calibration in the default config: only the soil probe's millivolts need one
+    missing = [r["q"] & telemetry.Q_CALIBRATION_MISSING for r in sent["r"]]
+    assert missing == [telemetry.Q_CALIBRATION_MISSING, 0, 0] and sent["r"][0]["v"] == 1905
+
+
+def test_a_sensor_says_whether_it_needs_calibrating_and_carries_its_drivers_flags():
+    board = sim_board()
+    net = FakeNet(board, retained={"ft/v1/node/node-7/config": signed_config(
+        2, {"calibration": {"air_temperature": {"offset": -0.5}, "probe": {"scale": 0.1}}})})
+    wake(board, net)  # takes the config
+    flags = [telemetry.Q_OUT_OF_RANGE]
+
+    def failing():
+        raise DriverError("no_reply", "silent")
+
+    found = [
+        sampling.sensor("air_temperature", "Cel", lambda: 20.0, 1),  # physical units: an entry corrects it
+        sampling.sensor("probe", "mV", lambda: 1500, 1, True),  # raw: calibrated by the config's entry
+        sampling.sensor("raw_adc", "mV", lambda: 1200, 1, True),  # raw, no entry: flagged
+        sampling.sensor("leaf", "%", lambda: 104.0, 1, False, lambda: flags[0]),  # the driver's flags
+        sampling.sensor("flow", "m3/h", failing, 1, False, lambda: telemetry.Q_COMM_ERROR),
+    ]
+    board.deep_sleep(3600 * 1000)
+    cycle.Node(board, net, {"id": NODE, "key": KEY}, found, Watchdog()).run()
+    records = dict((r["n"], (r.get("v"), r["q"])) for r in up_bodies(net)[-1]["r"])
+    assert records["air_temperature"] == (19.5, 0) and records["probe"] == (150.0, 0)
+    assert records["raw_adc"] == (1200, telemetry.Q_CALIBRATION_MISSING)
+    assert records["leaf"] == (104.0, telemetry.Q_OUT_OF_RANGE) and records["flow"] == (None, telemetry.Q_COMM_ERROR)
+    assert sampling.sensor("x", "", failing) == ("x", "", failing, None, False, None)
+
+
+def test_main_signs_with_the_key_epoch_of_the_settings():
+    from firmware import main
+
+    def first_frame(extra):
+        board = sim_board()
+        settings = {"id": NODE, "key": binascii.hexlify(KEY).decode(), "host": "127.0.0.1",
+                    "sensors": {"battery_pin": 35}}
+        settings.update(extra)
+        node = main.node_from_settings(settings, board, FakeNet(board), Watchdog(), None)
+        node.run()
+        return up_bodies(node.net)[0]
+
+    assert first_frame({"ep": 3})["ep"] == 3
+    assert first_frame({})["ep"] == main.FIRST_KEY_EPOCH == 1  # the cloud's first epoch of a node's key
+    for bad in (-1, "2", True, 1.5):
+        assert "ep must be" in str(raises(ValueError, first_frame, {"ep": bad}))
+
+
+def test_version_and_build_come_from_the_version_module_and_set_the_ota_floor():
+    from firmware import main
+
+    assert main.FW == "fw/" + version.VERSION and isinstance(version.BUILD, int) and version.BUILD >= 1
+    root = _root()
+    try:
+        board = sim_board()
+        files = {"app/x.py": b"x"}
+        net = FakeNet(board, retained={"ft/v1/node/node-7/ota": manifest_frame(5, files)})
+        net.files = files
+        node = cycle.Node(board, net, {"id": NODE, "key": KEY}, sensors(board), Watchdog(), ota.Updater(root, None, 5))
+        assert node.fw == main.FW and node.run() != ("deep", 1000)  # build 5 runs already: not installed
+        assert not ota._exists(root + "/app/x.py") and bodies([net.published()[0][1]])[0]["sw"] == main.FW
+        board.deep_sleep(900000)
+        net.broker = {"retained": {"ft/v1/node/node-7/ota": manifest_frame(6, files)}}
+        node = cycle.Node(board, net, {"id": NODE, "key": KEY}, sensors(board), Watchdog(), ota.Updater(root, None, 5))
+        assert node.run() == ("deep", 1000) and ota._exists(root + "/app/x.py")
+    finally:
+        ota.remove_tree(root)
+
+
+def test_the_link_rssi_rides_once_in_the_next_frame_that_goes_anyway():
+    board = sim_board()
+    net = FakeNet(board)
+    net.rssi_dbm = -71
+    node, (mode, ms) = wake(board, net)
+    assert [r["n"] for r in up_bodies(net)[0]["r"]] == ["air_temperature", "battery"]  # read after the frame
+    board.deep_sleep(ms)
+    net.rssi_dbm = -58
+    node, (mode, ms) = wake(board, net)  # nothing moved: no frame, the RSSI waits (now this wake's)
+    assert len(up_bodies(net)) == 1
+    board.deep_sleep(ms)
+    board.i2c[0x44].temperature_c = 30.0
+    net.link_up = False  # offline: the frame is stored with the last RSSI, none newer is read
+    node, (mode, ms) = wake(board, net)
+    board.deep_sleep(ms)
+    net.link_up, net.rssi_dbm = True, None  # a radio without a reading
+    board.i2c[0x44].temperature_c = 31.0
+    wake(board, net)
+    sent = up_bodies(net)[1:]
+    assert [[r["n"] for r in b["r"]] for b in sent] == [["air_temperature", "rssi"], ["air_temperature"]]
+    rssi = sent[0]["r"][1]
+    assert rssi["v"] == -58 and -2 * ms - 5000 < rssi["t"] < 0
+    net.rssi_dbm = -80
+    board.deep_sleep(ms)
+    node, (mode, ms) = wake(board, net)  # nothing to send: -80 waits in RTC memory...
+    assert len(up_bodies(net)) == 3 and node.rssi_at > 0
+    board.power_cycle()  # ...which a power loss clears: the next frame has none
+    board.i2c[0x44].temperature_c = 32.0
+    wake(board, net)
+    assert [r["n"] for r in up_bodies(net)[-1]["r"]] == ["air_temperature", "battery"]
+
+
+def test_esp32_network_reads_the_rssi_of_the_joined_network():
+    import sys
+
+    from firmware.hal import Esp32Network
+
+    class Wlan:
+        joined = -63  # None: not joined, the driver raises OSError
+
+        def __init__(self, interface):
+            self.interface = interface
+
+        def status(self, param):
+            assert (self.interface, param) == (0, "rssi")
+            if Wlan.joined is None:
+                raise OSError(-1)
+            return Wlan.joined
+
+    class Network:
+        STA_IF = 0
+        WLAN = Wlan
+
+    before = sys.modules.get("network")
+    sys.modules["network"] = Network
+    try:
+        net = Esp32Network("farm", "secret")
+        assert net.rssi() == -63
+        Wlan.joined = None
+        assert net.rssi() is None
+    finally:
+        if before is None:
+            del sys.modules["network"]
+        else:
+            sys.modules["network"] = before
 
 
 def warm_node(wakes=1):

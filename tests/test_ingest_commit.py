@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from support.app_db import app_connect
 from support.ingest import (
     KEK,
     Site,
@@ -36,8 +37,8 @@ class Ingest:
     """Handler and commit over real connections, as the worker's two threads use them."""
 
     def __init__(self, url: str) -> None:
-        self.read = db.connect(url, autocommit=True)
-        self.write = db.connect(url, autocommit=True)
+        self.read = app_connect(url, autocommit=True)
+        self.write = app_connect(url, autocommit=True)
         self.handler = Handler(Directory(self.read, KEK), max_past_days=30, max_future_s=600)
 
     def prepare(self, site: Site, *frames: bytes, topic: str | None = None) -> list[Prepared]:
@@ -136,7 +137,7 @@ def in_two_transactions_at_once(site: Site, ingest: Ingest, first_frame: bytes,
     second: list[Outcome] = []
 
     def commit_second() -> None:
-        with db.connect(site.url, autocommit=True) as conn, conn.transaction():
+        with app_connect(site.url, autocommit=True) as conn, conn.transaction():
             second.append(commit_units(conn, second_units))
 
     thread = threading.Thread(target=commit_second)
@@ -178,7 +179,7 @@ def test_rows_encoded_in_one_thread_and_written_by_another_are_the_rows_themselv
     from cloud.store import writes
 
     when = datetime.now(UTC).replace(microsecond=123000)
-    with db.connect(site.url, autocommit=True) as reader, db.connect(site.url) as writer:
+    with app_connect(site.url, autocommit=True) as reader, app_connect(site.url) as writer:
         partitions.ensure_partitions(writer, when, when + timedelta(seconds=1))
         mid = writes.metric_ids(writer, [("soil_moisture", "%")])[("soil_moisture", "%")]
         at = writes.pg_time(int(when.timestamp() * 1000))
@@ -280,7 +281,7 @@ def test_reading_times_as_microseconds_or_as_datetimes_are_the_same_instant(site
     from cloud.store import writes
 
     when = datetime(2026, 11, 29, 12, 30, 15, 123000, tzinfo=UTC)
-    with db.connect(site.url) as conn:
+    with app_connect(site.url) as conn:
         partitions.ensure_partitions(conn, when, when)
         mid = writes.metric_ids(conn, [("soil_moisture", "%")])[("soil_moisture", "%")]
         row = (site.tenant, site.bus[0], mid, writes.pg_time(int(when.timestamp() * 1000)), 1.0, None, 0, 2, 1, 0)

@@ -163,7 +163,7 @@ def test_node_polls_a_simulated_device_through_a_pty(line) -> None:
                 "slave": device.unit_id, "spec": compact(spec)}
     sensors = main.build_sensors(board, {"modbus": settings})
     assert [(s[0], s[1]) for s in sensors] == [(p.metric, p.unit) for p in sorted(spec.points, key=lambda p: p.address)]
-    values = {metric: read() for metric, _unit, read, _samples in sensors}  # one wake: the first read polls
+    values = {s[0]: s[2]() for s in sensors}  # one wake: the first read polls
     assert sim.stats.as_dict()["answered"] == len(settings["spec"]["b"])  # one request per block, not per metric
     for p in spec.points:  # what the gateway decodes from the registers the device holds
         assert values[p.metric] == decode(p, encode(p, device.value(p.metric))), p.metric

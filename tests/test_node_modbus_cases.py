@@ -294,8 +294,9 @@ def test_main_wires_the_modbus_device_of_the_settings():
     board.attach_rs485(2, leaf_device())
     bus = {"uart": 2, "tx": 17, "rx": 16, "de": 4, "baud": 9600, "parity": "E", "slave": SLAVE, "spec": LEAF}
     found = main.build_sensors(board, {"modbus": bus})
-    assert [(s[0], s[1], s[3]) for s in found] == [("leaf_temperature", "Cel", 1), ("leaf_wetness", "%", 1)]
-    assert [s[2]() for s in found] == [26.05, 80.0]
+    assert [(s[0], s[1], s[3], s[4]) for s in found] == [("leaf_temperature", "Cel", 1, False),
+                                                         ("leaf_wetness", "%", 1, False)]  # physical units
+    assert [s[2]() for s in found] == [26.05, 80.0] and [s[5]() for s in found] == [0, 0]
 
 
 def test_a_wake_sends_the_modbus_readings_in_its_signed_frame():
@@ -317,6 +318,27 @@ def test_a_wake_sends_the_modbus_readings_in_its_signed_frame():
     assert [(r["n"], r["u"], r["v"]) for r in records] == [
         ("leaf_temperature", "Cel", -2.0),
         ("leaf_wetness", "%", 80.0),
+    ]
+    own = telemetry.Q_CALIBRATION_MISSING | telemetry.Q_OUT_OF_RANGE | telemetry.Q_COMM_ERROR
+    assert [r["q"] & own for r in records] == [0, 0]  # no calibration needed, in range
+    device.registers[(3, 0)] = 9000  # 90.00 degC, above the spec's 85
+    device.registers[(3, 1)] = 0x2800  # 102.40 %
+    board.deep_sleep(3600 * 1000)
+    node = main.node_from_settings(settings, board, node.net, Watchdog(), None)
+    node.run()
+    records = up_bodies(node.net)[-1]["r"]
+    assert [(r["n"], r["v"], r["q"] & own) for r in records[:2]] == [
+        ("leaf_temperature", 90.0, telemetry.Q_OUT_OF_RANGE),
+        ("leaf_wetness", 102.4, telemetry.Q_OUT_OF_RANGE),
+    ]
+    board.attach_rs485(2, lambda request: None)  # the device falls silent: each metric fails, flagged
+    board.deep_sleep(3600 * 1000)
+    node = main.node_from_settings(settings, board, node.net, Watchdog(), None)
+    node.run()
+    records = up_bodies(node.net)[-1]["r"]
+    assert [(r["n"], r.get("v"), r["q"] & own) for r in records[:2]] == [
+        ("leaf_temperature", None, telemetry.Q_COMM_ERROR),
+        ("leaf_wetness", None, telemetry.Q_COMM_ERROR),
     ]
 
 

@@ -25,7 +25,8 @@ from support.store_data import (
     seed,
 )
 
-from cloud.store import db, partitions, retention, rollups, series
+from cloud.config import app_url
+from cloud.store import db, partitions, retention, rollups, scope, series
 from cloud.store.maintenance import Maintenance
 from cloud.store.series import DAY, HOUR, NotFound, SeriesError
 
@@ -42,6 +43,15 @@ def plain_db(pg_server_url: str):
 @pytest.fixture
 def conn(plain_db: str):
     with db.connect(plain_db) as connection:
+        yield connection
+
+
+@pytest.fixture
+def app(plain_db: str, seeded):
+    """The services' connection (ft_app, under row-level security) in the seeded tenant's scope: the series
+    layer is what the API serves, so it is tested the way it runs."""
+    with db.connect(app_url(plain_db)) as connection:
+        scope.tenant_scope(connection, "tenant-1")
         yield connection
 
 
@@ -220,29 +230,29 @@ def test_explicit_range_refresh_rebuilds_rollups(conn: psycopg.Connection, seede
         (2 * DAY, -2 * DAY, timedelta(days=8)),  # daily rollups, re-bucketed
     ],
 )
-def test_device_series_buckets_equal_a_direct_aggregate(conn, seeded, step, start_offset, span) -> None:
+def test_device_series_buckets_equal_a_direct_aggregate(conn, seeded, step, start_offset, span, app) -> None:
     mid = seeded.metric_ids["soil_moisture"]
     start = seeded.start + start_offset
     end = start + span
     gaps = 0
     for device in ("dev-2", "dev-3", "dev-4"):
-        points = series.series(conn, device, "soil_moisture", start, end, step)
+        points = series.series(app, device, "soil_moisture", start, end, step)
         reference = direct_series(conn, [device], mid, start, end, step)
         assert reference
         gaps += assert_series_matches(points, reference, start, end, step)
     assert gaps > 0  # the silent stretches show as gaps
 
 
-def test_raw_series_is_the_readings_themselves(conn: psycopg.Connection, seeded) -> None:
+def test_raw_series_is_the_readings_themselves(conn: psycopg.Connection, seeded, app) -> None:
     start, end = seeded.start + timedelta(hours=5), seeded.start + timedelta(hours=20)
-    points = series.series(conn, "dev-1", "temperature", start, end, "raw")
+    points = series.series(app, "dev-1", "temperature", start, end, "raw")
     rows = conn.execute(
         "SELECT ts, value FROM ft.readings WHERE device_id = 'dev-1' AND metric_id = %s AND ts >= %s AND ts < %s"
         " AND value IS NOT NULL ORDER BY ts",
         (seeded.metric_ids["temperature"], start, end),
     ).fetchall()
     assert [(p.ts, p.value, p.min, p.max, p.n) for p in points] == [(t, v, v, v, 1) for t, v in rows]
-    assert series.series(conn, "dev-1", "temperature", start, end) == points  # < 2 days: raw by default
+    assert series.series(app, "dev-1", "temperature", start, end) == points  # < 2 days: raw by default
 
 
 def test_bucket_size_is_chosen_by_range() -> None:
@@ -253,10 +263,10 @@ def test_bucket_size_is_chosen_by_range() -> None:
     assert series.choose_bucket(t, t + timedelta(days=91)) == DAY
 
 
-def test_fill_previous_carries_the_last_bucket_into_gaps(conn: psycopg.Connection, seeded) -> None:
+def test_fill_previous_carries_the_last_bucket_into_gaps(conn: psycopg.Connection, seeded, app) -> None:
     start, end = seeded.start + timedelta(days=1), seeded.start + timedelta(days=2)
-    plain = series.series(conn, "dev-2", "ec", start, end, HOUR)
-    filled = series.series(conn, "dev-2", "ec", start, end, HOUR, fill="previous")
+    plain = series.series(app, "dev-2", "ec", start, end, HOUR)
+    filled = series.series(app, "dev-2", "ec", start, end, HOUR, fill="previous")
     assert [p.n for p in plain] == [p.n for p in filled]
     silent = [i for i, p in enumerate(plain) if p.n == 0]
     assert len(silent) >= 7
@@ -265,26 +275,26 @@ def test_fill_previous_carries_the_last_bucket_into_gaps(conn: psycopg.Connectio
         assert filled[i].value == filled[i - 1].value and filled[i].ts == plain[i].ts
 
 
-def test_farm_series_averages_its_devices(conn: psycopg.Connection, seeded) -> None:
+def test_farm_series_averages_its_devices(conn: psycopg.Connection, seeded, app) -> None:
     mid = seeded.metric_ids["temperature"]
     for step in (HOUR, timedelta(hours=3), DAY, timedelta(minutes=30)):
         start, end = seeded.start - DAY, seeded.end + DAY
-        points = series.farm_series(conn, "farm-a", "temperature", start, end, step)
+        points = series.farm_series(app, "farm-a", "temperature", start, end, step)
         reference = direct_series(conn, FARMS["farm-a"], mid, start, end, step)
         assert assert_series_matches(points, reference, start, end, step) > 0
     # defaults: hourly up to 90 days
-    auto = series.farm_series(conn, "farm-b", "temperature", seeded.start, seeded.end)
+    auto = series.farm_series(app, "farm-b", "temperature", seeded.start, seeded.end)
     assert len(auto) == 4 * 24 and auto[0].n > 0
     with pytest.raises(NotFound, match="unknown farm"):
-        series.farm_series(conn, "farm-z", "temperature", seeded.start, seeded.end)
+        series.farm_series(app, "farm-z", "temperature", seeded.start, seeded.end)
 
 
-def test_latest_per_metric(conn: psycopg.Connection, seeded) -> None:
+def test_latest_per_metric(conn: psycopg.Connection, seeded, app) -> None:
     expected = conn.execute(
         "SELECT DISTINCT ON (m.name) m.name, r.ts, r.value FROM ft.readings r JOIN ft.metrics m ON m.id = r.metric_id"
         " WHERE r.device_id = 'dev-3' ORDER BY m.name, r.ts DESC"
     ).fetchall()
-    got = series.latest(conn, "dev-3")
+    got = series.latest(app, "dev-3")
     assert [(x.metric, x.ts, x.value) for x in got] == expected
     assert {x.trust for x in got} == {2}
 
@@ -292,31 +302,32 @@ def test_latest_per_metric(conn: psycopg.Connection, seeded) -> None:
     conn.execute("INSERT INTO ft.metrics (name, unit) VALUES ('battery', 'V')")
     recent = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
     load(conn, [("tenant-1", "dev-3", _metric(conn, "battery"), recent, 3.61, None, 0, 1, 1, 9)])
-    first = series.latest(conn, "dev-3")[0]
+    first = series.latest(app, "dev-3")[0]
     assert (first.metric, first.ts, first.value, first.trust) == ("battery", recent, 3.61, 1)
-    assert series.latest(conn, "dev-unknown") == []
+    assert series.latest(app, "dev-unknown") == []
 
 
-def test_bad_queries_get_clear_errors(conn: psycopg.Connection, seeded) -> None:
+def test_bad_queries_get_clear_errors(conn: psycopg.Connection, seeded, app) -> None:
     s, e = seeded.start, seeded.end
     with pytest.raises(NotFound, match="unknown metric 'rain'"):
-        series.series(conn, "dev-1", "rain", s, e)
+        series.series(app, "dev-1", "rain", s, e)
     conn.execute("INSERT INTO ft.metrics (name, unit) VALUES ('temperature', 'F')")
+    conn.commit()
     with pytest.raises(SeriesError, match=r"several units \['C', 'F'\]"):
-        series.series(conn, "dev-1", "temperature", s, e)
-    assert series.series(conn, "dev-1", "temperature", s, e, DAY, unit="C")[0].n > 0
+        series.series(app, "dev-1", "temperature", s, e)
+    assert series.series(app, "dev-1", "temperature", s, e, DAY, unit="C")[0].n > 0
     with pytest.raises(SeriesError, match="time zone"):
-        series.series(conn, "dev-1", "ec", s.replace(tzinfo=None), e)
+        series.series(app, "dev-1", "ec", s.replace(tzinfo=None), e)
     with pytest.raises(SeriesError, match="not after start"):
-        series.series(conn, "dev-1", "ec", e, s)
+        series.series(app, "dev-1", "ec", e, s)
     with pytest.raises(SeriesError, match="bucket must be"):
-        series.series(conn, "dev-1", "ec", s, e, timedelta(milliseconds=10))
+        series.series(app, "dev-1", "ec", s, e, timedelta(milliseconds=10))
     with pytest.raises(SeriesError, match="buckets of"):
-        series.series(conn, "dev-1", "ec", s - timedelta(days=2000), e, timedelta(minutes=1))
+        series.series(app, "dev-1", "ec", s - timedelta(days=2000), e, timedelta(minutes=1))
     with pytest.raises(SeriesError, match="fill must be"):
-        series.series(conn, "dev-1", "ec", s, e, HOUR, fill="linear")  # type: ignore[arg-type]
+        series.series(app, "dev-1", "ec", s, e, HOUR, fill="linear")  # type: ignore[arg-type]
     with pytest.raises(SeriesError, match="needs a bucket"):
-        series.farm_series(conn, "farm-a", "ec", s, e, "raw")  # type: ignore[arg-type]
+        series.farm_series(app, "farm-a", "ec", s, e, "raw")  # type: ignore[arg-type]
 
 
 def _metric(conn: psycopg.Connection, name: str) -> int:

@@ -20,7 +20,8 @@ from support.store_data import (
     seed,
 )
 
-from cloud.store import db, partitions, retention, rollups, series
+from cloud.config import app_url
+from cloud.store import db, partitions, retention, rollups, scope, series
 from cloud.store.maintenance import Maintenance
 from cloud.store.series import DAY, HOUR
 
@@ -47,6 +48,15 @@ def ts_db(timescale_server: str):
 @pytest.fixture
 def ts_conn(ts_db: str):
     with db.connect(ts_db) as conn:
+        yield conn
+
+
+@pytest.fixture
+def ts_app(ts_db: str, ts_seeded):
+    """The services' connection (ft_app, under row-level security) in the seeded tenant's scope, for the
+    query layer: it reads the rollups through their tenant-filtering views, as the API does."""
+    with db.connect(app_url(ts_db)) as conn:
+        scope.tenant_scope(conn, "tenant-1")
         yield conn
 
 
@@ -114,35 +124,35 @@ def test_continuous_aggregates_equal_a_direct_aggregate_including_late_data(ts_c
         (DAY, timedelta(hours=12), timedelta(days=6)),
     ],
 )
-def test_series_give_the_same_answers_as_raw_rows(ts_conn, ts_seeded, step, start_offset, span) -> None:
+def test_series_give_the_same_answers_as_raw_rows(ts_conn, ts_seeded, ts_app, step, start_offset, span) -> None:
     mid = ts_seeded.metric_ids["soil_moisture"]
     start = ts_seeded.start + start_offset
     end = start + span
     for device in ("dev-2", "dev-3", "dev-4"):
-        points = series.series(ts_conn, device, "soil_moisture", start, end, step)
+        points = series.series(ts_app, device, "soil_moisture", start, end, step)
         assert_series_matches(points, direct_series(ts_conn, [device], mid, start, end, step), start, end, step)
-    farm = series.farm_series(ts_conn, "farm-a", "soil_moisture", start, end, step)
+    farm = series.farm_series(ts_app, "farm-a", "soil_moisture", start, end, step)
     assert_series_matches(farm, direct_series(ts_conn, FARMS["farm-a"], mid, start, end, step), start, end, step)
 
 
-def test_compressed_chunks_answer_the_same(ts_conn, ts_seeded) -> None:
-    before = series.series(ts_conn, "dev-1", "ec", ts_seeded.start, ts_seeded.end, timedelta(minutes=30))
+def test_compressed_chunks_answer_the_same(ts_conn, ts_seeded, ts_app) -> None:
+    before = series.series(ts_app, "dev-1", "ec", ts_seeded.start, ts_seeded.end, timedelta(minutes=30))
     ts_conn.execute("SELECT compress_chunk(c, if_not_compressed => true) FROM show_chunks('ft.readings') c")
     ts_conn.commit()
     compressed = ts_conn.execute(
         "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'readings' AND is_compressed"
     ).fetchone()
     assert compressed is not None and compressed[0] >= 4
-    assert series.series(ts_conn, "dev-1", "ec", ts_seeded.start, ts_seeded.end, timedelta(minutes=30)) == before
+    assert series.series(ts_app, "dev-1", "ec", ts_seeded.start, ts_seeded.end, timedelta(minutes=30)) == before
     assert_rollups_match_raw(ts_conn)
 
 
-def test_latest_and_upkeep_on_timescale(ts_conn, ts_seeded, ts_db: str) -> None:
+def test_latest_and_upkeep_on_timescale(ts_conn, ts_seeded, ts_app, ts_db: str) -> None:
     expected = ts_conn.execute(
         "SELECT DISTINCT ON (m.name) m.name, r.ts, r.value FROM ft.readings r JOIN ft.metrics m ON m.id = r.metric_id"
         " WHERE r.device_id = 'dev-1' ORDER BY m.name, r.ts DESC"
     ).fetchall()
-    assert [(x.metric, x.ts, x.value) for x in series.latest(ts_conn, "dev-1")] == expected
+    assert [(x.metric, x.ts, x.value) for x in series.latest(ts_app, "dev-1")] == expected
 
     policy = retention.RetentionPolicy(raw_days=400, hourly_days=500, daily_days=None)
     loop = Maintenance(ts_db, partitions_ahead_days=3, policy=policy, max_past_days=30, interval_s=60)

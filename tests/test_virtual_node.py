@@ -99,7 +99,7 @@ def test_frames_verify_with_the_node_key_and_carry_the_farm_signals(shared_broke
     msgs = bodies(listener.ups, key)
     assert [m.seq for m in msgs] == list(range(len(msgs)))
     assert {m.fw for m in msgs} == {FW} and {m.dev for m in msgs} == {node_id}
-    assert msgs[0].sync == -1 and all(m.sync >= 0 for m in msgs[1:])  # NTP at first connect
+    assert all(m.sync >= 0 for m in msgs)  # the clock is set before the first sampling after power-on
     checked = 0
     for msg in msgs:
         t = msg.bt / 1000

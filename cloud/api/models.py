@@ -1,10 +1,10 @@
 """What the API accepts (``…Create``) and returns: never a stored key or password hash.
 
-Stored rows are answered as the store's own row types (:class:`cloud.store.registry.Gateway`,
-:class:`cloud.store.series.Point`, ...), which hold no secret; the models here are what the
-store has no type for.  Secrets appear in exactly one place, the answer to the request that
-created them (:class:`GatewayCreated`, :class:`DeviceCreated`, :class:`KeyRotated`); they cannot
-be read back.
+Stored rows are answered as the store's own row types (:class:`cloud.store.series.Point`, ...),
+which hold no secret; the models here are what the store has no type for.  Secrets appear in
+exactly one place, the answer to the request that created them (:class:`KeyRotated`, and the
+registry's ``GatewayCreated`` and ``DeviceCreated``); they cannot be read back.  The registry's
+models (Base/Create/Update/Public per entity) are in :mod:`cloud.api.schemas.registry`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.store.ingest_status import BatchTotals
-from cloud.store.registry import Device, Gateway
 from cloud.store.series import Point
 
 Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", examples=["gw-kisumu-01"],
@@ -25,57 +24,6 @@ KeyHex = Annotated[str, Field(pattern=r"^([0-9a-fA-F]{2}){16,64}$", description=
 
 class _Create(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TenantCreate(_Create):
-    id: Ident
-    name: str = Field(min_length=1, max_length=200)
-
-
-class FarmCreate(_Create):
-    id: Ident
-    name: str = Field(min_length=1, max_length=200)
-    latitude: float | None = Field(default=None, ge=-90, le=90)
-    longitude: float | None = Field(default=None, ge=-180, le=180)
-    area_ha: float | None = Field(default=None, ge=0)
-    crop: str | None = Field(default=None, max_length=100)
-
-
-class GatewayCreate(_Create):
-    id: Ident
-    farm_id: Ident | None = None
-    name: str = Field(default="", max_length=200)
-    key_hex: KeyHex | None = Field(default=None, description="the gateway's HMAC key; generated when absent")
-    mqtt_username: Ident | None = Field(default=None, description="defaults to the gateway id")
-    mqtt_password: str | None = Field(default=None, min_length=8, max_length=200,
-                                      description="generated when absent")
-
-
-class GatewayCreated(BaseModel):
-    """The new gateway and its secrets, shown this once: put them in the gateway's configuration."""
-
-    gateway: Gateway
-    key_epoch: int
-    key_hex: str
-    mqtt_password: str
-
-
-class DeviceCreate(_Create):
-    id: Ident
-    kind: Literal["node", "bus"]
-    farm_id: Ident | None = None
-    gateway_id: Ident | None = None
-    spec: str | None = Field(default=None, max_length=200, examples=["jxct-soil-7in1@1.0.0"],
-                             description="model or model@version of the device spec (required for bus devices)")
-    key_hex: KeyHex | None = Field(default=None, description="a node's HMAC key; generated for nodes when absent")
-
-
-class DeviceCreated(BaseModel):
-    """The new device; a node's key is shown this once."""
-
-    device: Device
-    key_epoch: int | None
-    key_hex: str | None
 
 
 class KeyRotate(_Create):
@@ -115,3 +63,83 @@ class IngestStatus(BaseModel):
     batches: BatchTotals
     dead_letters: DeadLetterTotals
     workers: list[dict[str, object]] = Field(description="each ingest worker's last published counters")
+
+
+# -- accounts: sign-in, users, API keys (cloud/auth) ------------------------------------------------------
+
+Login = Annotated[str, Field(min_length=1, max_length=128, examples=["amina.w"],
+                             description="lower-case letters, digits and _ . @ + - (compared in lower case)")]
+RoleName = Literal["farmer", "clerk", "technician", "credit_officer", "ops", "tenant_admin"]
+
+
+class SignIn(_Create):
+    tenant: Ident
+    login: Login
+    password: str = Field(min_length=1, max_length=256)
+
+
+class FarmerSignIn(_Create):
+    tenant: Ident
+    farmer_id: Ident
+    pin: str = Field(min_length=1, max_length=16, description="the farmer's 6-digit PIN")
+
+
+class Me(BaseModel):
+    """Who the request is from, and what they may do."""
+
+    kind: Literal["user", "api_key", "platform_admin"]
+    id: str
+    tenant_id: str | None
+    roles: list[str]
+    scopes: list[str]
+    farmer_id: str | None
+    csrf_token: str | None = Field(default=None, description="cookie sessions: send it as X-CSRF-Token on writes")
+
+
+class SignedIn(BaseModel):
+    """A new session: the token for ``Authorization: Bearer`` (apps) — the same is set as the ft_session
+    cookie (web pages, which send ``csrf_token`` as X-CSRF-Token on writes)."""
+
+    session_token: str
+    csrf_token: str
+    expires_at: datetime
+    me: Me
+
+
+class UserBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str = Field(default="", max_length=200)
+    roles: list[RoleName] = Field(min_length=1)
+
+
+class UserCreate(UserBase):
+    """An invitation: the user sets a password (and a PIN, for farmers) with the invite token."""
+
+    login: Login
+    farmer_id: Ident | None = Field(default=None, description="the farmer's own record (required for farmers)")
+
+
+class UserUpdate(_Create):
+    display_name: str | None = Field(default=None, max_length=200)
+    roles: list[RoleName] | None = Field(default=None, min_length=1)
+
+
+class InviteAccept(_Create):
+    token: str = Field(min_length=1, max_length=200, description="the invite token (fti_...)")
+    password: str | None = Field(default=None, max_length=256, description="required for all roles but farmer")
+    pin: str | None = Field(default=None, max_length=16, description="6 digits; required for farmers")
+
+
+class Unlock(_Create):
+    identity_checked: str = Field(min_length=3, max_length=500, examples=["national ID card seen"],
+                                  description="how the person's identity was checked (kept in the audit log)")
+
+
+class ApiKeyCreate(_Create):
+    name: str = Field(min_length=1, max_length=200, examples=["bank mobile app"])
+    scopes: list[str] = Field(min_length=1, examples=[["registry:read", "series:read"]],
+                              description="any scope but users:admin and users:unlock")
+    expires_at: datetime | None = Field(default=None, description="none: until revoked")
+    rate_limit: int = Field(default=600, ge=1, le=1_000_000, description="requests per rate window")
+    rate_window_s: int = Field(default=60, ge=1, le=86_400)

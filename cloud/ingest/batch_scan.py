@@ -42,6 +42,8 @@ def _value(text: str, idx: int) -> tuple[Any, int]:
         return _DECODER.raw_decode(text, idx)
     except json.JSONDecodeError as exc:
         raise ContractError("bad_json", str(exc)) from None
+    except RecursionError:  # ``[[[[…`` a few thousand deep: the stdlib decoder recurses
+        raise ContractError("bad_json", "nested too deeply") from None
 
 
 def _expect(text: str, idx: int, chars: str) -> str:

@@ -178,6 +178,8 @@ def parse_telemetry(body: bytes, raw: Any = None) -> _Parsed:
             raw = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ContractError("bad_json", str(exc)) from None
+        except RecursionError:  # ``[[[[…`` a few thousand deep: the stdlib decoder recurses
+            raise ContractError("bad_json", "nested too deeply") from None
     try:
         env = _TelemetryEnvelope.model_validate(raw)
     except ValidationError as exc:

@@ -21,6 +21,9 @@ Never dies on bad input: a message that makes the handler fail is dead-lettered
 and dead-lettered (``store_error``).  A database that is down is waited for (with back-off),
 holding the messages unacknowledged.  :meth:`Worker.stop` (SIGTERM/SIGINT under :meth:`run`)
 commits what was prepared, then leaves.
+
+The worker logs in as ``ft_app`` (``app_database_url``), under row-level security, in platform
+scope: it reads every tenant's registry rows and writes every tenant's readings (cloud.store.scope).
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ import psycopg
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud.config import CloudSettings
+from cloud.fleet.metrics import observe_commit
 from cloud.ingest.commit import Outcome, commit_units
 from cloud.ingest.counters import Counters
 from cloud.ingest.directory import Directory
 from cloud.ingest.handler import Handler, Prepared
 from cloud.ingest.session import BrokerUrl, connect_async, make_client
-from cloud.store import db, partitions, writes
+from cloud.store import db, partitions, scope, writes
 from contract import models, topics
 from contract.telemetry import sign
 
@@ -193,8 +197,11 @@ class Worker:
         return self._subscribed.is_set()
 
     def _connect_db(self, *, writer: bool = False) -> psycopg.Connection:
-        conn = db.connect(self.settings.database_url, autocommit=True,
+        # as ft_app, under row-level security; a connection of the ingest's own, never lent to a tenant's work:
+        # platform scope for the session (lookups are single autocommit statements; commits set it again)
+        conn = db.connect(self.settings.app_database_url, autocommit=True,
                           application=f"fieldtrust-{self.options.worker_id}")
+        scope.platform_session(conn)
         if writer:
             writes.prefer_lz4(conn)
         return conn
@@ -359,7 +366,8 @@ class Worker:
             try:
                 self._ensure_partitions(group, conn)
                 with conn.transaction():
-                    outcome = commit_units(conn, [p for _, p in group], self.options.scheme)
+                    outcome = commit_units(conn, [p for _, p in group], self.options.scheme,
+                                           metering_on=self.settings.metering)
                 break
             except psycopg.OperationalError as exc:  # connection lost, deadlock, server shutting down
                 if self._stopping.is_set() and conn.broken:
@@ -383,6 +391,7 @@ class Worker:
                     return self._store(group[:half], n) + self._store(group[half:], n)
                 return self._refuse(group[0], exc, conn)
         self.counters.committed(outcome)
+        observe_commit(len(group), outcome.counts["readings"])  # Prometheus: batch sizes (cloud.fleet.metrics)
         seen = datetime.now(UTC)
         with self._seen_lock:
             self._seen_gateways.update(dict.fromkeys(outcome.gateways, seen))

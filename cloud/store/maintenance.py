@@ -12,6 +12,9 @@ recompute the rollups of the hours writers marked (:func:`cloud.store.rollups.re
 every ``retention_interval_s``: drop partitions and rollup rows past retention.
 TimescaleDB: the extension's background jobs do all that; the loop sets their policies from the
 configuration once per connection.
+
+The loop connects as the owner (``database_url``: creating and dropping partitions is DDL) and
+works in platform scope: every tenant's rollups and marks are its business (cloud.store.scope).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from cloud.config import CloudSettings
-from cloud.store import db, partitions, retention, rollups
+from cloud.store import db, partitions, retention, rollups, scope
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,8 @@ class Maintenance:
     # -- one cycle -----------------------------------------------------------------------------
 
     def cycle(self, conn: psycopg.Connection) -> None:
-        """One round of upkeep on ``conn`` (autocommit), if this process holds the owner lock."""
+        """One round of upkeep on ``conn`` (autocommit, the owner's), if this process holds the owner lock."""
+        scope.platform_session(conn)  # an owner subject to FORCEd row-level security sees every tenant's rows
         if not self._owner:  # a session lock: held until this connection closes
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
             self._owner = bool(row and row[0])

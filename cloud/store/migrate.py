@@ -10,6 +10,12 @@ load the extension, plain PostgreSQL otherwise; later migrations follow the reco
 A session-level advisory lock serialises migrators, so any number of processes may call
 :func:`migrate` at start; the second finds nothing to do.  A file whose text changed after it
 was applied is an error naming the file: applied migrations are history, fixed by a new file.
+
+After every run, applied migrations or not, :func:`cloud.store.tenancy.apply` brings row-level
+security and the services' privileges in line with the schema (changing only what differs), so
+a table a new migration adds is covered at once.  The migrator runs as the owner, in platform
+scope for the whole session: a data migration sees every tenant's rows even where the owner is
+subject to row-level security (FORCEd, for a non-superuser owner).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from importlib import resources
 
 import psycopg
 
-from cloud.store import db
+from cloud.store import db, scope, tenancy
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +95,13 @@ def migrate(conninfo: str, *, backend: db.Backend | None = None) -> list[str]:
     ``backend`` contradicts the one the database was built with.
     """
     with db.connect(conninfo, autocommit=True, application="fieldtrust-migrate") as conn:
+        scope.platform_session(conn)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
-            return _migrate_locked(conn, backend)
+            done = _migrate_locked(conn, backend)
+            with conn.transaction():
+                tenancy.apply(conn)
+            return done
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
 

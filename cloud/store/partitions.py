@@ -7,9 +7,12 @@ cached per database, so a steady stream of batches costs no query at all).
 
 New partitions are created as plain tables and then attached: ``ATTACH PARTITION`` takes only a
 SHARE UPDATE EXCLUSIVE lock on ``ft.readings``, so writers and readers of other days carry on
-(``CREATE TABLE … PARTITION OF`` would block them all).  An advisory lock keeps two processes
-from creating the same day at once.  Call it outside a long write transaction, so that the new
-partition's lock is released at once.
+(``CREATE TABLE … PARTITION OF`` would block them all).  The SQL function
+``ft.create_readings_partition`` does it as the owner (SECURITY DEFINER), so the ingest, logged in
+as ``ft_app``, creates its days without the right to create tables; a new partition is readable
+by the owner only (row-level security guards ``ft.readings``, not a partition named directly).
+An advisory lock keeps two processes from creating the same day at once.  Call it outside a long
+write transaction, so that the new partition's lock is released at once.
 """
 
 from __future__ import annotations
@@ -17,10 +20,9 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import psycopg
-from psycopg import sql
 
 from cloud.store import db
 
@@ -121,17 +123,9 @@ def forget(conn: psycopg.Connection, days: Iterable[date] | None = None) -> None
 
 
 def _create(conn: psycopg.Connection, day: date) -> None:
-    name = sql.Identifier(SCHEMA, partition_name(day))
-    lower = datetime.combine(day, time(), UTC)
-    upper = lower + timedelta(days=1)
-    conn.execute(
-        sql.SQL("CREATE TABLE {} (LIKE ft.readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(name)
-    )
-    conn.execute(
-        sql.SQL("ALTER TABLE ft.readings ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            name, sql.Literal(lower), sql.Literal(upper)
-        )
-    )
+    """Create and attach ``day``'s partition through ``ft.create_readings_partition`` (migration 040): it runs
+    as the owner, so the services' role, which may not create tables, can still make the days it writes."""
+    conn.execute("SELECT ft.create_readings_partition(%s)", (day,))
 
 
 def _database(conn: psycopg.Connection) -> tuple[str, int, str]:

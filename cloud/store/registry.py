@@ -4,28 +4,42 @@ Every function takes a psycopg connection and leaves committing to its caller (a
 ``connection()`` block commits on success); functions that write several rows run them in one
 ``conn.transaction()``.  Tenancy is enforced here, not in the routes: a farm, gateway or device
 is found only within the tenant given, so a reference to another tenant's row is refused as
-unknown.  Keys are stored encrypted (:mod:`cloud.keys`), MQTT passwords only as Mosquitto hashes.
+unknown (and row-level security hides other tenants' rows from the services' role anyway).
+Keys are stored encrypted (:mod:`cloud.keys`), MQTT passwords only as Mosquitto hashes.
 
-The row types below never carry a key or a password hash (their queries do not select them):
-the API answers with them as they are, and documents their fields from their docstrings.
+The row types below never carry a key or a password hash (their queries do not select them).
+
+Farmers, fields and claim codes are in their own modules (:mod:`cloud.store.farmers`,
+:mod:`cloud.store.fields`, :mod:`cloud.store.claim_codes`); what they share is here: the errors,
+:func:`audit` (every change is written to the audit log in the same transaction, when the caller
+says who acts: the API and the CLI always do; seeding code such as benchmarks may not),
+:func:`update_row` (a partial update that reports what changed), and keyset pagination
+(``limit`` and ``after``: the last id of the previous page; ids are compared in byte order, "C").
+
+``farmer_id`` on the reads narrows them to what a farmer's own account may see: the farmer's farms
+and what stands on them.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TypeVar
+from datetime import date, datetime
+from typing import Any, TypeVar
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 from psycopg.abc import Query
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 
+from cloud.audit import log as audit_log
+from cloud.auth.principal import Principal
 from cloud.broker_acl import BrokerAccount, check_username, hash_password
 from cloud.keys import OWNER_KINDS, decrypt_key, encrypt_key
 from cloud.store.db import ROW_SCHEMA
@@ -33,6 +47,9 @@ from contract import topics
 
 FIRST_EPOCH = 1  # the edge agent's default ``gateway.key_epoch``
 DEVICE_KINDS = ("node", "bus")
+TENURES = ("owned", "leased", "communal")
+#: the longest page a list answers
+MAX_PAGE = 500
 T = TypeVar("T")
 
 
@@ -75,6 +92,12 @@ class Farm:
     area_ha: float | None
     crop: str | None
     created_at: datetime
+    farmer_id: str | None = None
+    """the farmer who works it"""
+    tenure: str | None = None
+    """owned, leased or communal"""
+    village: str | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,15 @@ class Device:
     last_seen_at: datetime | None
     key_epoch: int | None
     """nodes only, the newest key epoch not revoked: bus devices are attested with their gateway's key"""
+    field_id: str | None = None
+    """the field it measures (on its farm)"""
+    firmware_version: str | None = None
+    """the firmware version it was installed with or last updated to"""
+    install_note: str | None = None
+    """where it is installed, in words ("north corner, 30 cm deep")"""
+    install_latitude: float | None = None
+    install_longitude: float | None = None
+    installed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -147,15 +179,115 @@ def _integrity(what: str) -> Iterator[None]:
         raise NotFound(f"{what}: {exc.diag.message_detail or 'refers to a missing row'}") from None
 
 
+def audit(conn: psycopg.Connection, actor: Principal | None, action: str, target_type: str, target_id: str,
+          tenant: str, *, farmer_id: str | None = None, detail: Mapping[str, Any] | None = None) -> None:
+    """Write one audit entry for a change, in the caller's transaction (nothing without an ``actor``)."""
+    if actor is not None:
+        audit_log.record(conn, actor, action, target_type, target_id, farmer_id=farmer_id, tenant_id=tenant,
+                         detail={k: jsonable(v) for k, v in (detail or {}).items()})
+
+
+def jsonable(value: object) -> object:
+    """``value`` as JSON can hold it (dates as ISO text, bytes never: they are hashes or keys)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes | memoryview):
+        return "(hidden)"
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return value
+
+
+def update_row(conn: psycopg.Connection, table: str, tenant: str, ident: str, changes: Mapping[str, object],
+               what: str, *, touch: bool = True, hidden: frozenset[str] = frozenset()) -> dict[str, object]:
+    """Set ``changes`` (column -> value) on row ``ident`` of ``ft.<table>`` of ``tenant``; the columns whose
+    value changed as ``{column: [old, new]}`` (``hidden`` columns as ``"changed"``, never their values).
+
+    ``touch`` sets ``updated_at`` when anything changed.  NotFound when the row is not the tenant's."""
+    columns = list(changes)
+    target = sql.Identifier("ft", table)
+    with _integrity(what):
+        before = conn.execute(
+            sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s AND id = %s FOR UPDATE").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)) if columns else sql.SQL("1"), target),
+            (tenant, ident)).fetchone()
+        if before is None:
+            raise NotFound(f"{what} not found in tenant {tenant!r}")
+        # no columns: the row was only checked for existence (``SELECT 1``), and nothing changes
+        diff = {c: (old, changes[c]) for c, old in zip(columns, before if columns else (), strict=True)
+                if old != _plain(changes[c])}
+        if diff:
+            assignments: list[sql.Composable] = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in diff]
+            if touch:
+                assignments.append(sql.SQL("updated_at = now()"))
+            conn.execute(sql.SQL("UPDATE {} SET {} WHERE tenant_id = %s AND id = %s").format(
+                target, sql.SQL(", ").join(assignments)), [*(new for _, new in diff.values()), tenant, ident])
+    return {c: "changed" if c in hidden else [old, new] for c, (old, new) in diff.items()}
+
+
+def delete_row(conn: psycopg.Connection, table: str, tenant: str, ident: str, what: str) -> None:
+    """Remove row ``ident`` of ``ft.<table>`` of ``tenant``: NotFound when there is none, Conflict while other
+    rows refer to it (a farm with fields or devices, a farmer with farms)."""
+    try:
+        with conn.transaction():
+            deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s AND id = %s").format(
+                sql.Identifier("ft", table)), (tenant, ident)).rowcount
+    except errors.ForeignKeyViolation as exc:
+        found = re.search(r'from table "(\w+)"', exc.diag.message_detail or "")
+        referrer = found.group(1).replace("_", " ").removesuffix("s") if found else "another record"
+        raise Conflict(f"{what} cannot be removed while a {referrer} refers to it") from None
+    if not deleted:
+        raise NotFound(f"{what} not found in tenant {tenant!r}")
+
+
+def _plain(value: object) -> object:
+    """A value as the database gives it back (a JSON document, not its adapter)."""
+    return value.obj if isinstance(value, Jsonb) else value
+
+
+def check_page(limit: int | None) -> None:
+    if limit is not None and not 1 <= limit <= MAX_PAGE + 1:  # one more than a page: to know whether one follows
+        raise Invalid(f"limit must be 1-{MAX_PAGE}; got {limit}")
+
+
+def _paged(query: str, params: Sequence[object], id_column: str, limit: int | None, after: str | None
+           ) -> tuple[str, list[object]]:
+    """``query`` (ending in its WHERE conditions) with the page's condition, order and limit."""
+    check_page(limit)
+    params = list(params)
+    if after is not None:
+        query, params = query + f' AND {id_column} > %s COLLATE "C"', [*params, after]
+    query += f' ORDER BY {id_column} COLLATE "C"'
+    if limit is not None:
+        query, params = query + " LIMIT %s", [*params, limit]
+    return query, params
+
+
+#: farms of one farmer, for the reads narrowed to a farmer's own (``{alias}`` is the row's farm id)
+_OF_FARMER = " AND {alias} IN (SELECT f.id FROM ft.farms f WHERE f.tenant_id = %s AND f.farmer_id = %s)"
+
+
+def _of_farmer(query: str, params: Sequence[object], column: str, tenant: str, farmer_id: str | None
+               ) -> tuple[str, list[object]]:
+    if farmer_id is None:
+        return query, list(params)
+    return query + _OF_FARMER.format(alias=column), [*params, tenant, farmer_id]
+
+
 # -- tenants and farms ---------------------------------------------------------------------------
 
 
-def register_tenant(conn: psycopg.Connection, tenant_id: str, name: str) -> Tenant:
+def register_tenant(conn: psycopg.Connection, tenant_id: str, name: str, *, actor: Principal | None = None) -> Tenant:
     _check_id("tenant", tenant_id)
-    with _integrity(f"tenant {tenant_id!r}"), conn.cursor(row_factory=class_row(Tenant)) as cur:
-        cur.execute("INSERT INTO ft.tenants (id, name) VALUES (%s, %s) RETURNING id, name, created_at",
-                    (tenant_id, name))
-        return _one(cur.fetchone())
+    with conn.transaction():
+        with _integrity(f"tenant {tenant_id!r}"), conn.cursor(row_factory=class_row(Tenant)) as cur:
+            cur.execute("INSERT INTO ft.tenants (id, name) VALUES (%s, %s) RETURNING id, name, created_at",
+                        (tenant_id, name))
+            tenant = _one(cur.fetchone())
+        audit(conn, actor, "tenant.created", "tenant", tenant_id, tenant_id, detail={"name": name})
+    return tenant
 
 
 def get_tenant(conn: psycopg.Connection, tenant_id: str) -> Tenant:
@@ -167,33 +299,109 @@ def list_tenants(conn: psycopg.Connection) -> list[Tenant]:
     return _all(conn, Tenant, "SELECT id, name, created_at FROM ft.tenants ORDER BY id")
 
 
-_FARM = "SELECT id, tenant_id, name, latitude, longitude, area_ha, crop, created_at FROM ft.farms"
+_FARM_COLUMNS = ("id, tenant_id, name, latitude, longitude, area_ha, crop, created_at, farmer_id, tenure, village,"
+                 " updated_at")
+_FARM = f"SELECT {_FARM_COLUMNS} FROM ft.farms"
+#: what a farm's update may change (its id and tenant never change)
+FARM_FIELDS = frozenset({"name", "latitude", "longitude", "area_ha", "crop", "farmer_id", "tenure", "village"})
+
+
+def _check_farm(farm_id: str, values: Mapping[str, object]) -> None:
+    tenure = values.get("tenure")
+    if tenure is not None and tenure not in TENURES:
+        raise Invalid(f"farm {farm_id!r}: tenure must be one of {', '.join(TENURES)}; got {tenure!r}")
+    crop = values.get("crop")
+    if crop is not None:
+        from cloud.store.fields import check_crop
+
+        check_crop(str(crop))
 
 
 def register_farm(
     conn: psycopg.Connection, tenant: str, farm_id: str, name: str, *, latitude: float | None = None,
     longitude: float | None = None, area_ha: float | None = None, crop: str | None = None,
+    farmer_id: str | None = None, tenure: str | None = None, village: str | None = None,
+    actor: Principal | None = None,
 ) -> Farm:
     _check_id("farm", farm_id)
+    values = {"name": name, "latitude": latitude, "longitude": longitude, "area_ha": area_ha, "crop": crop,
+              "farmer_id": farmer_id, "tenure": tenure, "village": village}
+    _check_farm(farm_id, values)
+    with conn.transaction():
+        get_tenant(conn, tenant)
+        if farmer_id is not None:
+            _farmer_exists(conn, tenant, farmer_id)
+        with _integrity(f"farm {farm_id!r}"), conn.cursor(row_factory=class_row(Farm)) as cur:
+            cur.execute(
+                "INSERT INTO ft.farms (id, tenant_id, name, latitude, longitude, area_ha, crop, farmer_id, tenure,"
+                f" village) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING {_FARM_COLUMNS}",
+                (farm_id, tenant, name, latitude, longitude, area_ha, crop, farmer_id, tenure, village),
+            )
+            farm = _one(cur.fetchone())
+        audit(conn, actor, "farm.created", "farm", farm_id, tenant, farmer_id=farmer_id,
+              detail={k: v for k, v in values.items() if v is not None})
+    return farm
+
+
+def update_farm(conn: psycopg.Connection, tenant: str, farm_id: str, changes: Mapping[str, object], *,
+                actor: Principal | None) -> Farm:
+    """Change some of :data:`FARM_FIELDS`; audited with the old and new values of what changed."""
+    return _update_farm(conn, tenant, farm_id, changes, actor)[0]
+
+
+def _update_farm(conn: psycopg.Connection, tenant: str, farm_id: str, changes: Mapping[str, object],
+                 actor: Principal | None) -> tuple[Farm, dict[str, object]]:
+    unknown = sorted(set(changes) - FARM_FIELDS)
+    if unknown:
+        raise Invalid(f"farm {farm_id!r}: cannot change {', '.join(unknown)}")
+    _check_farm(farm_id, changes)
+    with conn.transaction():
+        if changes.get("farmer_id") is not None:
+            _farmer_exists(conn, tenant, str(changes["farmer_id"]))
+        diff = update_row(conn, "farms", tenant, farm_id, changes, f"farm {farm_id!r}")
+        farm = get_farm(conn, tenant, farm_id)
+        if diff:
+            audit(conn, actor, "farm.updated", "farm", farm_id, tenant, farmer_id=farm.farmer_id, detail=diff)
+    return farm, diff
+
+
+def upsert_farm(conn: psycopg.Connection, tenant: str, farm_id: str, values: Mapping[str, object], *,
+                actor: Principal | None) -> str:
+    """Register the farm, or bring an existing farm of ``tenant`` to ``values``: "created", "updated" or
+    "unchanged".  A farm id of another tenant is refused (Conflict), never overwritten."""
+    _check_id("farm", farm_id)
+    unknown = sorted(set(values) - FARM_FIELDS)
+    if unknown:
+        raise Invalid(f"farm {farm_id!r}: unknown fields {', '.join(unknown)}")
+    owner = conn.execute("SELECT tenant_id FROM ft.farms WHERE id = %s", (farm_id,)).fetchone()
+    if owner is None:
+        values = dict(values)
+        register_farm(conn, tenant, farm_id, str(values.pop("name")), actor=actor, **values)  # type: ignore[arg-type]
+        return "created"
+    if owner[0] != tenant:  # visible in platform scope (the CLI) only; a tenant's insert fails on the key below
+        raise Conflict(f"farm id {farm_id!r} is used by another tenant")
+    return "updated" if _update_farm(conn, tenant, farm_id, values, actor)[1] else "unchanged"
+
+
+def _farmer_exists(conn: psycopg.Connection, tenant: str, farmer_id: str) -> None:
+    found = conn.execute("SELECT 1 FROM ft.farmers WHERE tenant_id = %s AND id = %s", (tenant, farmer_id)).fetchone()
+    if found is None:
+        raise NotFound(f"farmer {farmer_id!r} not found in tenant {tenant!r}")
+
+
+def get_farm(conn: psycopg.Connection, tenant: str, farm_id: str, *, farmer_id: str | None = None) -> Farm:
+    query, params = _of_farmer(_FARM + " WHERE tenant_id = %s AND id = %s", [tenant, farm_id], "id", tenant, farmer_id)
+    return _found(conn, Farm, query, params, f"farm {farm_id!r} not found in tenant {tenant!r}")
+
+
+def list_farms(conn: psycopg.Connection, tenant: str, *, farmer_id: str | None = None, limit: int | None = None,
+               after: str | None = None) -> list[Farm]:
+    """The tenant's farms (``farmer_id``: that farmer's), by id; a page of ``limit`` after the id ``after``."""
     get_tenant(conn, tenant)
-    with _integrity(f"farm {farm_id!r}"), conn.cursor(row_factory=class_row(Farm)) as cur:
-        cur.execute(
-            "INSERT INTO ft.farms (id, tenant_id, name, latitude, longitude, area_ha, crop)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id, tenant_id, name, latitude, longitude, area_ha, crop, created_at",
-            (farm_id, tenant, name, latitude, longitude, area_ha, crop),
-        )
-        return _one(cur.fetchone())
-
-
-def get_farm(conn: psycopg.Connection, tenant: str, farm_id: str) -> Farm:
-    return _found(conn, Farm, _FARM + " WHERE tenant_id = %s AND id = %s", (tenant, farm_id),
-                  f"farm {farm_id!r} not found in tenant {tenant!r}")
-
-
-def list_farms(conn: psycopg.Connection, tenant: str) -> list[Farm]:
-    get_tenant(conn, tenant)
-    return _all(conn, Farm, _FARM + " WHERE tenant_id = %s ORDER BY id", (tenant,))
+    query, params = _FARM + " WHERE tenant_id = %s", [tenant]
+    if farmer_id is not None:
+        query, params = query + " AND farmer_id = %s", [*params, farmer_id]
+    return _all(conn, Farm, *_paged(query, params, "id", limit, after))
 
 
 # -- gateways ------------------------------------------------------------------------------------
@@ -207,6 +415,7 @@ _GATEWAY = ("SELECT g.id, g.tenant_id, g.farm_id, g.name, g.mqtt_username, g.cre
 def register_gateway(
     conn: psycopg.Connection, tenant: str, gateway_id: str, farm_id: str | None, key: bytes, kek: bytes,
     mqtt_username: str | None, mqtt_password: str | None, *, name: str = "", epoch: int = FIRST_EPOCH,
+    actor: Principal | None = None,
 ) -> Gateway:
     """A gateway with its first key (``epoch``) and, when ``mqtt_password`` is given, its broker
     login (``mqtt_username`` defaults to the gateway id)."""
@@ -231,21 +440,44 @@ def register_gateway(
                 (gateway_id, tenant, farm_id, name, username, password_hash),
             )
         _insert_key(conn, tenant, "gateway", gateway_id, epoch, blob)
+        audit(conn, actor, "gateway.created", "gateway", gateway_id, tenant,
+              detail={"farm_id": farm_id, "name": name, "mqtt_username": username, "key_epoch": epoch})
     return get_gateway(conn, tenant, gateway_id)
 
 
-def get_gateway(conn: psycopg.Connection, tenant: str, gateway_id: str) -> Gateway:
-    return _found(conn, Gateway, _GATEWAY + " WHERE g.tenant_id = %s AND g.id = %s", (tenant, gateway_id),
-                  f"gateway {gateway_id!r} not found in tenant {tenant!r}")
+#: what a gateway's update may change
+GATEWAY_FIELDS = frozenset({"name", "farm_id"})
 
 
-def list_gateways(conn: psycopg.Connection, tenant: str, farm_id: str | None = None) -> list[Gateway]:
+def update_gateway(conn: psycopg.Connection, tenant: str, gateway_id: str, changes: Mapping[str, object], *,
+                   actor: Principal | None) -> Gateway:
+    """Rename a gateway or move it to another farm of the tenant (its devices stay where they are)."""
+    unknown = sorted(set(changes) - GATEWAY_FIELDS)
+    if unknown:
+        raise Invalid(f"gateway {gateway_id!r}: cannot change {', '.join(unknown)}")
+    with conn.transaction():
+        if changes.get("farm_id") is not None:
+            get_farm(conn, tenant, str(changes["farm_id"]))
+        diff = update_row(conn, "gateways", tenant, gateway_id, changes, f"gateway {gateway_id!r}", touch=False)
+        if diff:
+            audit(conn, actor, "gateway.updated", "gateway", gateway_id, tenant, detail=diff)
+    return get_gateway(conn, tenant, gateway_id)
+
+
+def get_gateway(conn: psycopg.Connection, tenant: str, gateway_id: str, *, farmer_id: str | None = None) -> Gateway:
+    query, params = _of_farmer(_GATEWAY + " WHERE g.tenant_id = %s AND g.id = %s", [tenant, gateway_id],
+                               "g.farm_id", tenant, farmer_id)
+    return _found(conn, Gateway, query, params, f"gateway {gateway_id!r} not found in tenant {tenant!r}")
+
+
+def list_gateways(conn: psycopg.Connection, tenant: str, farm_id: str | None = None, *, farmer_id: str | None = None,
+                  limit: int | None = None, after: str | None = None) -> list[Gateway]:
     get_tenant(conn, tenant)
-    query, params = _GATEWAY + " WHERE g.tenant_id = %s", [tenant]
+    query, params = _of_farmer(_GATEWAY + " WHERE g.tenant_id = %s", [tenant], "g.farm_id", tenant, farmer_id)
     if farm_id is not None:
-        get_farm(conn, tenant, farm_id)
+        get_farm(conn, tenant, farm_id, farmer_id=farmer_id)
         query, params = query + " AND g.farm_id = %s", params + [farm_id]
-    return _all(conn, Gateway, query + " ORDER BY g.id", params)
+    return _all(conn, Gateway, *_paged(query, params, "g.id", limit, after))
 
 
 def set_gateway_password(conn: psycopg.Connection, tenant: str, gateway_id: str, mqtt_password: str) -> Gateway:
@@ -264,7 +496,14 @@ def set_gateway_password(conn: psycopg.Connection, tenant: str, gateway_id: str,
 # -- devices -------------------------------------------------------------------------------------
 
 _DEVICE = ("SELECT d.id, d.tenant_id, d.farm_id, d.gateway_id, d.kind, d.spec_key, d.created_at, d.last_seen_at, "
-           + _ACTIVE_EPOCH.format(kind="device", alias="d") + " FROM ft.devices d")
+           + _ACTIVE_EPOCH.format(kind="device", alias="d")
+           + ", d.field_id, d.firmware_version, d.install_note, d.install_latitude, d.install_longitude,"
+             " d.installed_at FROM ft.devices d")
+#: what a device's update may change (``spec`` is given as model or model@version, stored as spec_key)
+DEVICE_FIELDS = frozenset({"spec", "firmware_version", "farm_id", "field_id", "gateway_id", "install_note",
+                           "install_latitude", "install_longitude", "installed_at"})
+#: the columns whose change moves a device (a ``moved`` event in its maintenance history)
+_PLACE = ("farm_id", "field_id", "gateway_id")
 
 
 def _spec_key(spec_key: str) -> str:
@@ -282,10 +521,12 @@ def _spec_key(spec_key: str) -> str:
 def register_device(
     conn: psycopg.Connection, tenant: str, device_id: str, kind: str, farm_id: str | None,
     gateway_id: str | None, spec_key: str | None, key: bytes | None, kek: bytes, *, epoch: int = FIRST_EPOCH,
+    actor: Principal | None = None, details: Mapping[str, object] | None = None,
 ) -> Device:
     """A sensor node (``kind="node"``, signs with its own ``key``) or a bus device behind a gateway
     (``kind="bus"``: no key of its own, a gateway and a spec required).  Without ``farm_id`` the
-    device is on its gateway's farm."""
+    device is on its gateway's farm.  ``details``: any of field_id, firmware_version and the install_*
+    columns (a field puts the device on the field's farm)."""
     _check_id("device", device_id)
     if kind not in DEVICE_KINDS:
         raise Invalid(f"device kind must be 'node' or 'bus'; got {kind!r}")
@@ -304,34 +545,101 @@ def register_device(
         if gateway_id is not None:
             gateway_farm = get_gateway(conn, tenant, gateway_id).farm_id
             farm_id = farm_id if farm_id is not None else gateway_farm
+        extra = dict(details or {})
+        unknown = sorted(set(extra) - (DEVICE_FIELDS - {"spec", "farm_id", "gateway_id"}))
+        if unknown:
+            raise Invalid(f"device {device_id!r}: unknown details {', '.join(unknown)}")
+        if extra.get("field_id") is not None:
+            farm_id = _field_farm(conn, tenant, str(extra["field_id"]), farm_id)
         with _integrity(f"device {device_id!r}"):
             conn.execute(
                 "INSERT INTO ft.devices (id, tenant_id, farm_id, gateway_id, kind, spec_key)"
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 (device_id, tenant, farm_id, gateway_id, kind, spec),
             )
+        if extra:
+            update_row(conn, "devices", tenant, device_id, extra, f"device {device_id!r}", touch=False)
         if blob is not None:
             _insert_key(conn, tenant, "device", device_id, epoch, blob)
+        audit(conn, actor, "device.created", "device", device_id, tenant,
+              detail={"kind": kind, "farm_id": farm_id, "gateway_id": gateway_id, "spec_key": spec,
+                      "key_epoch": epoch if blob is not None else None} | extra)
     return get_device(conn, tenant, device_id)
 
 
-def get_device(conn: psycopg.Connection, tenant: str, device_id: str) -> Device:
-    return _found(conn, Device, _DEVICE + " WHERE d.tenant_id = %s AND d.id = %s", (tenant, device_id),
-                  f"device {device_id!r} not found in tenant {tenant!r}")
+def _field_farm(conn: psycopg.Connection, tenant: str, field_id: str, farm_id: str | None) -> str:
+    """The farm of ``field_id``; Invalid when ``farm_id`` is given and is another farm."""
+    row = conn.execute("SELECT farm_id FROM ft.fields WHERE tenant_id = %s AND id = %s", (tenant, field_id)).fetchone()
+    if row is None:
+        raise NotFound(f"field {field_id!r} not found in tenant {tenant!r}")
+    if farm_id is not None and farm_id != row[0]:
+        raise Invalid(f"field {field_id!r} is on farm {row[0]!r}, not on farm {farm_id!r}")
+    return str(row[0])
+
+
+def update_device(conn: psycopg.Connection, tenant: str, device_id: str, changes: Mapping[str, object], *,
+                  actor: Principal | None, event_detail: Mapping[str, object] | None = None) -> Device:
+    """Change some of :data:`DEVICE_FIELDS`.  A new field puts the device on that field's farm; a new farm
+    without a field takes it off its field.  A change of farm, field or gateway is a ``moved`` event in the
+    device's maintenance history (``detail.from`` and ``detail.to``, plus ``event_detail``), besides the
+    audit entry."""
+    from cloud.store.device_events import record_event
+
+    unknown = sorted(set(changes) - DEVICE_FIELDS)
+    if unknown:
+        raise Invalid(f"device {device_id!r}: cannot change {', '.join(unknown)}")
+    values = dict(changes)
+    if "spec" in values:
+        spec = values.pop("spec")
+        values["spec_key"] = _spec_key(str(spec)) if spec is not None else None
+    with conn.transaction():
+        device = get_device(conn, tenant, device_id)
+        if values.get("field_id") is not None:
+            farm = values.get("farm_id")
+            values["farm_id"] = _field_farm(conn, tenant, str(values["field_id"]), None if farm is None else str(farm))
+        elif "farm_id" in values and values["farm_id"] != device.farm_id and "field_id" not in values:
+            values["field_id"] = None  # a field belongs to one farm: leaving the farm leaves the field
+        if values.get("farm_id") is not None:
+            get_farm(conn, tenant, str(values["farm_id"]))
+        if values.get("gateway_id") is not None:
+            get_gateway(conn, tenant, str(values["gateway_id"]))
+        if device.kind == "bus" and "gateway_id" in values and values["gateway_id"] is None:
+            raise Invalid(f"device {device_id!r}: a bus device needs its gateway")
+        diff = update_row(conn, "devices", tenant, device_id, values, f"device {device_id!r}", touch=False)
+        moved = {c: diff[c] for c in _PLACE if c in diff}
+        if moved:
+            place_from = {c: getattr(device, c) for c in _PLACE}
+            place_to = place_from | {c: values[c] for c in _PLACE if c in values}
+            record_event(conn, tenant, device_id, "moved",
+                         {"from": place_from, "to": place_to} | dict(event_detail or {}),
+                         actor.id if actor is not None else "system")
+        if diff:
+            audit(conn, actor, "device.updated", "device", device_id, tenant, detail=diff)
+    return get_device(conn, tenant, device_id)
+
+
+def get_device(conn: psycopg.Connection, tenant: str, device_id: str, *, farmer_id: str | None = None) -> Device:
+    query, params = _of_farmer(_DEVICE + " WHERE d.tenant_id = %s AND d.id = %s", [tenant, device_id], "d.farm_id",
+                               tenant, farmer_id)
+    return _found(conn, Device, query, params, f"device {device_id!r} not found in tenant {tenant!r}")
 
 
 def list_devices(
-    conn: psycopg.Connection, tenant: str, farm_id: str | None = None, gateway_id: str | None = None
+    conn: psycopg.Connection, tenant: str, farm_id: str | None = None, gateway_id: str | None = None, *,
+    field_id: str | None = None, farmer_id: str | None = None, limit: int | None = None, after: str | None = None,
 ) -> list[Device]:
     get_tenant(conn, tenant)
-    query, params = _DEVICE + " WHERE d.tenant_id = %s", [tenant]
+    query, params = _of_farmer(_DEVICE + " WHERE d.tenant_id = %s", [tenant], "d.farm_id", tenant, farmer_id)
     if farm_id is not None:
-        get_farm(conn, tenant, farm_id)
+        get_farm(conn, tenant, farm_id, farmer_id=farmer_id)
         query, params = query + " AND d.farm_id = %s", params + [farm_id]
     if gateway_id is not None:
-        get_gateway(conn, tenant, gateway_id)
+        get_gateway(conn, tenant, gateway_id, farmer_id=farmer_id)
         query, params = query + " AND d.gateway_id = %s", params + [gateway_id]
-    return _all(conn, Device, query + " ORDER BY d.id", params)
+    if field_id is not None:
+        _field_farm(conn, tenant, field_id, None)
+        query, params = query + " AND d.field_id = %s", params + [field_id]
+    return _all(conn, Device, *_paged(query, params, "d.id", limit, after))
 
 
 # -- keys ----------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ Every bucket of the range is returned (``generate_series`` LEFT JOIN the aggrega
 bucket is a gap (value None, n 0), never interpolated.  ``fill="previous"`` carries the last
 bucket's numbers into gaps, still with n 0, so a filled bucket can always be told apart.
 Only numeric values count (records without a number, such as failed reads, do not).
+
+The rollups are read through ``ft.readings_hourly_v`` and ``ft.readings_daily_v`` (migration 040):
+views that filter by the transaction's tenant scope like the tables' row-level security does,
+because TimescaleDB's continuous aggregates cannot carry row-level security.  The services' role
+may read only the views, on both backends, so the SQL stays the same on both.
 """
 
 from __future__ import annotations
@@ -182,9 +187,9 @@ def _step(bucket: object) -> timedelta:
 def _source(step: timedelta) -> tuple[sql.Composable, sql.Composable]:
     """The relation a bucket of ``step`` is summed from, and its time column."""
     if step % DAY == timedelta(0):
-        return sql.Identifier("ft", "readings_daily"), sql.Identifier("bucket")
+        return sql.Identifier("ft", "readings_daily_v"), sql.Identifier("bucket")
     if step % HOUR == timedelta(0):
-        return sql.Identifier("ft", "readings_hourly"), sql.Identifier("bucket")
+        return sql.Identifier("ft", "readings_hourly_v"), sql.Identifier("bucket")
     return sql.Identifier("ft", "readings"), sql.Identifier("ts")
 
 
@@ -283,9 +288,9 @@ def _carry_forward(points: list[Point]) -> list[Point]:
 
 _LATEST = """
 WITH RECURSIVE rolled(metric_id) AS (
-    (SELECT metric_id FROM ft.readings_daily WHERE device_id = %(device)s ORDER BY metric_id LIMIT 1)
+    (SELECT metric_id FROM ft.readings_daily_v WHERE device_id = %(device)s ORDER BY metric_id LIMIT 1)
     UNION ALL
-    SELECT (SELECT d.metric_id FROM ft.readings_daily d
+    SELECT (SELECT d.metric_id FROM ft.readings_daily_v d
             WHERE d.device_id = %(device)s AND d.metric_id > rolled.metric_id ORDER BY d.metric_id LIMIT 1)
     FROM rolled WHERE rolled.metric_id IS NOT NULL
 ), ids AS (
@@ -299,7 +304,7 @@ JOIN ft.metrics m ON m.id = ids.metric_id
 CROSS JOIN LATERAL (
     SELECT ts, value, value_text, quality, trust FROM ft.readings
     WHERE device_id = %(device)s AND metric_id = ids.metric_id
-      AND ts >= least(%(since)s, coalesce((SELECT max(bucket) FROM ft.readings_daily
+      AND ts >= least(%(since)s, coalesce((SELECT max(bucket) FROM ft.readings_daily_v
                                            WHERE device_id = %(device)s AND metric_id = ids.metric_id), %(since)s))
     ORDER BY ts DESC LIMIT 1
 ) r

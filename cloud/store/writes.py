@@ -1,15 +1,21 @@
-"""The ingest's SQL: readings by COPY, the duplicate ledger, batches, dead letters, lookups, counters.
+"""The ingest's SQL: readings through a COPY, the duplicate ledger, batches, dead letters, lookups, counters.
+
+The services log in as ``ft_app``, under row-level security, and PostgreSQL refuses ``COPY FROM``
+into a table with row-level security.  So readings are COPYed (binary) into a temporary staging
+table of the session, which has none, and moved by one ``INSERT … SELECT``, where every row
+passes the tenant policy's check (the ingest runs in platform scope: cloud.store.scope); ledger
+rows and batches go in by one ``INSERT … SELECT FROM unnest(…)`` of column arrays.
 
 Exactly-once storage rests on two keys.  ``ft.messages`` (device, key epoch, sequence) is claimed
-by one COPY when every message is new, else with ``INSERT … ON CONFLICT DO NOTHING RETURNING``:
-only the transaction that claims a message
-writes its readings, and a second worker holding the same message waits on the first one's
-claim and then finds it taken.  ``ft.readings``' primary key (device, metric, time) guards the
-rows themselves: :func:`write_readings` COPYs straight into the table inside a savepoint and,
-only when another message already stored a reading with the same key (a unique violation),
-repeats the rows through a temporary staging table with ``INSERT … SELECT … ON CONFLICT DO
-NOTHING``.  The common case thus costs one COPY; the guarantee is the staging path's.  Rows may
-come already encoded for COPY (:func:`encode_readings`, done by another thread than the writer).
+by one plain insert when every message is new, else with ``INSERT … ON CONFLICT DO NOTHING
+RETURNING``: only the transaction that claims a message writes its readings, and a second worker
+holding the same message waits on the first one's claim and then finds it taken.
+``ft.readings``' primary key (device, metric, time) guards the rows themselves:
+:func:`write_readings` moves the staged rows by a plain ``INSERT … SELECT`` inside a savepoint
+and, only when another message already stored a reading with the same key (a unique violation),
+repeats it from the same staged rows with ``ON CONFLICT DO NOTHING``.  The common case thus costs
+one COPY and one insert; the guarantee is the second path's.  Rows may come already encoded for
+COPY (:func:`encode_readings`, done by another thread than the writer).
 
 Every function takes a connection and leaves the transaction to its caller.  Key order is sorted
 wherever rows are locked, so two workers never wait on each other in a cycle.
@@ -24,7 +30,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, pq
 from psycopg.copy import FileWriter
 from psycopg.types.json import Jsonb
 
@@ -183,35 +189,52 @@ def metric_ids(conn: psycopg.Connection, pairs: Iterable[tuple[str, str]]) -> di
 # -- the ledgers --------------------------------------------------------------------------------
 
 
+#: the query of :func:`committed_batches` (parameter: a list of batch ids), for a caller that pipelines it
+COMMITTED_BATCHES = "SELECT batch_id, sha256(frame) FROM ft.batches WHERE batch_id = ANY(%s)"
+
+
 def committed_batches(conn: psycopg.Connection, batch_ids: Iterable[str]) -> dict[str, bytes]:
     """SHA-256 of the stored frame of each already committed batch among ``batch_ids``."""
-    rows = conn.execute("SELECT batch_id, sha256(frame) FROM ft.batches WHERE batch_id = ANY(%s)",
-                        (list(batch_ids),))
+    rows = conn.execute(COMMITTED_BATCHES, (list(batch_ids),))
     return {bid: bytes(h) for bid, h in rows.fetchall()}
 
 
 _MESSAGE_COLUMNS = "device_id, epoch, seq, tenant_id, gateway_id, digest, trust, batch_id, frame"
-_MESSAGE_TYPES = ["text", "int4", "int8", "text", "text", "bytea", "int2", "text", "bytea"]
+_INSERT_MESSAGES = (
+    f"INSERT INTO ft.messages ({_MESSAGE_COLUMNS})"
+    " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %b::bytea[],"
+    " %s::smallint[], %s::text[], %b::bytea[])"
+)
 
 
 def copy_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> bool:
-    """Insert every ledger row by one COPY (under a savepoint), or none: False when one was there already.
+    """Insert every ledger row by one plain insert (under a savepoint), or none: False when one was there already.
 
-    The common case (every message new) at the cost of one COPY; when it fails, a transaction that
-    held one of the keys has finished (the COPY waited for it), so what it stored is visible now.
-    Rows go in key order, so that two transactions never wait on each other in a cycle.
+    The common case (every message new) at the cost of one statement; when it fails, a transaction
+    that held one of the keys has finished (the insert waited for it), so what it stored is visible
+    now.  Rows go in key order, so that two transactions never wait on each other in a cycle.
     """
     if not messages:
         return True
     try:
-        with (conn.transaction(), conn.cursor() as cur,
-              cur.copy(f"COPY ft.messages ({_MESSAGE_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy):
-            copy.set_types(_MESSAGE_TYPES)
-            for row in sorted(messages):  # by key: the first three columns (no two rows share a key)
-                copy.write_row(row)
+        with conn.transaction():
+            conn.execute(_INSERT_MESSAGES, _message_columns(messages))
         return True
     except errors.UniqueViolation:
         return False
+
+
+def insert_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> None:
+    """:func:`copy_messages`' plain insert without its savepoint, for a caller that holds one of its own (the
+    ingest's commit sends it in a pipeline with a named savepoint): a unique violation aborts the transaction
+    back to that savepoint."""
+    if messages:
+        conn.execute(_INSERT_MESSAGES, _message_columns(messages))
+
+
+def _message_columns(messages: Sequence[MessageRow]) -> list[list[Any]]:
+    """The rows in key order (the first three columns; no two rows share a key), as one array per column."""
+    return [list(c) for c in zip(*sorted(messages), strict=True)]
 
 
 def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> set[MessageKey]:
@@ -219,14 +242,8 @@ def claim_messages(conn: psycopg.Connection, messages: Sequence[MessageRow]) -> 
     return the keys this transaction claimed."""
     if not messages:
         return set()
-    cols = [list(c) for c in zip(*sorted(messages), strict=True)]
-    rows = conn.execute(
-        f"INSERT INTO ft.messages ({_MESSAGE_COLUMNS})"
-        " SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %b::bytea[],"
-        " %s::smallint[], %s::text[], %b::bytea[])"
-        " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq",
-        cols,
-    ).fetchall()
+    rows = conn.execute(_INSERT_MESSAGES + " ON CONFLICT DO NOTHING RETURNING device_id, epoch, seq",
+                        _message_columns(messages)).fetchall()
     return {(d, e, s) for d, e, s in rows}
 
 
@@ -244,26 +261,18 @@ def stored_digests(conn: psycopg.Connection, keys: Iterable[MessageKey]) -> dict
 
 
 def insert_batches(conn: psycopg.Connection, batches: Sequence[BatchRow]) -> None:
-    """Record committed batches: one COPY, or, when a concurrent worker recorded one of them first, one
-    ``INSERT … ON CONFLICT DO NOTHING`` each (the first record stays)."""
+    """Record committed batches in one ``INSERT … ON CONFLICT DO NOTHING`` (in key order): when a concurrent
+    worker recorded one of them first, its record stays."""
     if not batches:
         return
     values = sorted((b.batch_id, b.tenant_id, b.gateway_id, b.frame, b.readings, b.duplicates, b.rejected)
                     for b in batches)
-    columns = "batch_id, tenant_id, gateway_id, frame, readings, duplicates, rejected"
-    try:
-        with (conn.transaction(), conn.cursor() as cur,
-              cur.copy(f"COPY ft.batches ({columns}) FROM STDIN (FORMAT BINARY)") as copy):
-            copy.set_types(["text", "text", "text", "bytea", "int4", "int4", "int4"])
-            for row in values:
-                copy.write_row(row)
-        return
-    except errors.UniqueViolation:
-        pass
-    with conn.cursor() as cur:
-        cur.executemany(
-            f"INSERT INTO ft.batches ({columns}) VALUES (%s, %s, %s, %b, %s, %s, %s) ON CONFLICT DO NOTHING", values
-        )
+    conn.execute(
+        "INSERT INTO ft.batches (batch_id, tenant_id, gateway_id, frame, readings, duplicates, rejected)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %b::bytea[], %s::int[], %s::int[], %s::int[])"
+        " ON CONFLICT DO NOTHING",
+        [list(column) for column in zip(*values, strict=True)],
+    )
 
 
 def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter]) -> None:
@@ -317,39 +326,76 @@ def copy_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | Encoded
             copy.write_row(row)
 
 
-def merge_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings) -> int:
-    """COPY into a staging table, then INSERT … ON CONFLICT DO NOTHING; returns the rows inserted.
+#: whether this session's staging table exists (one row, one boolean), for a caller that pipelines it.  Asked
+#: first because ``CREATE TEMP TABLE IF NOT EXISTS … (LIKE ft.readings …)`` works out the whole definition
+#: before it finds the table there: 0.6 ms per transaction, as much as the rest of a one-message commit's
+#: statements together (measured as ft_app, synchronous_commit off, an otherwise idle server).
+STAGE_EXISTS = f"SELECT to_regclass('pg_temp.{_STAGE}') IS NOT NULL"
+
+
+def create_stage(conn: psycopg.Connection) -> None:
+    """Create this session's staging table for :func:`stage_readings` (see :data:`STAGE_EXISTS`)."""
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE ft.readings INCLUDING DEFAULTS)"
+                 " ON COMMIT DELETE ROWS")
+
+
+def stage_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute(STAGE_EXISTS).fetchone()
+    return bool(row and row[0])
+
+
+def stage_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings, *,
+                   created: bool = False) -> None:
+    """COPY ``rows`` into this session's (empty) staging table for :func:`write_readings`.
 
     The temporary table is created on first use in a session (and again after a rolled-back
-    transaction took it away) and emptied after each use, so it only ever holds this call's rows.
+    transaction took it away).  Its rows go at commit (ON COMMIT DELETE ROWS: the file is truncated
+    in place, no catalog change) and are deleted after each use, for a second use in the same
+    transaction.  (A TRUNCATE per use gave the table a new file and catalog row every time: with
+    many small transactions, as single-node messages make, that was the dearest part of a write.)
+    ``created``: the caller made sure of the table earlier in this transaction (the ingest's commit asks
+    in its first round trip).
     """
-    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE ft.readings INCLUDING DEFAULTS)")
+    if not created and not stage_exists(conn):
+        create_stage(conn)
     copy_readings(conn, rows, _STAGE)
-    with conn.cursor() as cur:
-        cur.execute(f"INSERT INTO ft.readings ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE} ON CONFLICT DO NOTHING")
-        inserted = cur.rowcount
-    conn.execute(f"TRUNCATE {_STAGE}")
-    return inserted
+
+
+def move_staged(conn: psycopg.Connection, *, skip_existing: bool) -> psycopg.Cursor[Any]:
+    """Move the staged rows into ft.readings (a unique violation is raised unless ``skip_existing``), then
+    empty the staging table.  The insert's cursor: its ``rowcount`` (the rows inserted) is known once the
+    statement ran — at once, or in a pipeline after its sync."""
+    cur = conn.execute(f"INSERT INTO ft.readings ({_COLUMNS}) SELECT {_COLUMNS} FROM {_STAGE}"
+                       + (" ON CONFLICT DO NOTHING" if skip_existing else ""))
+    conn.execute(f"DELETE FROM {_STAGE}")
+    return cur
+
+
+def _insert_staged(conn: psycopg.Connection, *, skip_existing: bool) -> int:
+    return move_staged(conn, skip_existing=skip_existing).rowcount
 
 
 def write_readings(conn: psycopg.Connection, rows: Sequence[ReadingRow] | EncodedReadings,
                    scheme: WriteScheme = "direct") -> int:
     """Store ``rows`` inside the caller's transaction, skipping keys already stored; returns the rows inserted.
 
-    ``direct`` tries one COPY into ft.readings under a savepoint and falls back to ``merge`` on a
-    unique violation; ``merge`` always goes through the staging table.
+    Both schemes COPY into the staging table.  ``direct`` then moves the rows by a plain insert under a
+    savepoint and, on a unique violation, again with ``ON CONFLICT DO NOTHING``; ``merge`` always
+    skips existing keys.
     """
     count = rows.count if isinstance(rows, EncodedReadings) else len(rows)
     if not count:
         return 0
+    if conn.autocommit and conn.info.transaction_status == pq.TransactionStatus.IDLE:
+        raise RuntimeError("write_readings runs inside a transaction (the staged rows go at its commit)")
+    stage_readings(conn, rows)
     if scheme == "direct":
         try:
             with conn.transaction():
-                copy_readings(conn, rows)
-            return count
+                return _insert_staged(conn, skip_existing=False)
         except errors.UniqueViolation:
-            pass
-    return merge_readings(conn, rows)
+            pass  # the savepoint took the insert (and the DELETE) back: the staged rows are still there
+    return _insert_staged(conn, skip_existing=True)
 
 
 # -- after the commit ---------------------------------------------------------------------------

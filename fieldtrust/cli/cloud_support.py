@@ -14,7 +14,7 @@ import typer
 
 from cloud.config import CloudSettings
 from cloud.keys import KeyCryptoError, new_key
-from cloud.store import db
+from cloud.store import db, scope
 from cloud.store.registry import RegistryError
 
 T = TypeVar("T")
@@ -58,9 +58,11 @@ def key_from_hex(key_hex: str | None) -> bytes:
 
 
 def in_transaction(config: CloudSettings, action: Callable[[psycopg.Connection], T]) -> T:
-    """``action(conn)`` in one committed transaction."""
+    """``action(conn)`` in one committed transaction, as the owner in platform scope (an operator's command
+    may touch any tenant; the owner is subject to row-level security too when it is not a superuser)."""
     try:
         with db.connect(config.database_url, application="fieldtrust-cli") as conn:
+            scope.platform_scope(conn)
             result = action(conn)
             conn.commit()
             return result

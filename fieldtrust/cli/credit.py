@@ -1,4 +1,4 @@
-"""``fieldtrust credit``: train a scorecard on a CSV, score and monitor with it, and approve versions.
+"""``fieldtrust credit``: train a scorecard on a CSV, score and monitor with it, approve versions, assess loans.
 
 Thin: it reads files and prints; the work is in ``rural_credit.scorecard``.  ``--model DIR`` is a
 registry folder (its champion, else its latest version) or one version's folder (``DIR/v0001``).
@@ -237,5 +237,160 @@ def retire(
     out.print(f"{card.version} retired", highlight=False)
 
 
+@app.command("demo-world")
+def demo_world(
+    farms: int = typer.Option(2000, "--farms", min=10, help="Farm-seasons to generate."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the SYNTHETIC world's CSV files into."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the world."),
+    null_world: bool = typer.Option(False, "--null-world", help="Outcomes that ignore the farm data."),
+) -> None:
+    """Write a SYNTHETIC world of farms (registry, seasons, rollups, trust, applications, outcomes) as CSV."""
+    from fieldtrust.demo.credit_world import write_demo_world
+    from hardware.synthetic_farms import generate_world
+
+    rows = write_demo_world(generate_world(farms, seed=seed, null_world=null_world), out_dir)
+    out.print(f"wrote a SYNTHETIC world to {out_dir} (see SYNTHETIC.txt): "
+              + ", ".join(f"{name} {n:,}" for name, n in rows.items()), highlight=False, soft_wrap=True)
+    out.print(f"train on it: fieldtrust credit train --data {out_dir / 'training.csv'} --target defaulted "
+              f"--out MODELS", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def experiment(
+    farms: int = typer.Option(4000, "--farms", min=500, help="Farm-seasons per world."),
+    seed: int = typer.Option(3, "--seed", help="Seed of the worlds."),
+    folds: int = typer.Option(5, "--folds", min=2, max=20, help="Cross-validation folds."),
+    corruption: bool = typer.Option(True, "--corruption/--no-corruption", help="Also run the fault experiment."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """On SYNTHETIC farms: AUC with and without farm data (real and null world), and injected faults."""
+    from dataclasses import asdict
+
+    from fieldtrust.demo import credit_world as experiments
+    from rural_credit.scorecard.training import TrainingConfig
+
+    lifts = experiments.lift_experiment(farms, seed, TrainingConfig(folds=folds))
+    rows = experiments.corruption_experiment(*experiments.corruption_world()) if corruption else []
+    if as_json:
+        print(json.dumps({"lift": [r.as_dict() for r in lifts], "corruption": [asdict(r) for r in rows]}, indent=2))
+        return
+    out.print(f"SYNTHETIC farms, {folds}-fold cross-validated AUC (95% CI), same folds for both scorecards",
+              highlight=False, soft_wrap=True)
+    out.print(experiments.lift_table(lifts), highlight=False, soft_wrap=True)
+    if rows:
+        out.print("\nfaults injected into some farms' raw readings (trust, score, decision: clean → faulty)",
+                  highlight=False, soft_wrap=True)
+        out.print(experiments.corruption_table(rows), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def assess(
+    model_dir: Path = typer.Option(..., "--model", help="Registry folder or one version's folder."),
+    farm_data: Path = typer.Option(..., "--farm-data", help="Farm data folder (e.g. from `credit demo-world`)."),
+    application: Path = typer.Option(..., "--application", help="The application: a JSON object."),
+    version: str | None = typer.Option(None, "--version", help="Registry version (default: champion, else latest)."),
+    language: str = typer.Option("en", "--language", help="Language of the reasons: en or zh-CN."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole assessment as JSON."),
+) -> None:
+    """Assess one application: trust, features, score, reasons, decision, limit and products."""
+    from rural_credit.assessment.farm_folder import assess_from_folder, read_farm_folder
+    from rural_credit.assessment.notice import adverse_action_notice
+    from rural_credit.assessment.pipeline import AssessmentError, Assessor
+
+    label, scorer = _resolve(model_dir, version)
+    if language not in ("en", "zh-CN"):
+        raise _fail(f"--language must be en or zh-CN; got {language!r}")
+    try:
+        request = json.loads(application.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise _fail(f"{application}: {exc}") from None
+    if not isinstance(request, dict):
+        raise _fail(f"{application} must hold one JSON object")
+    try:
+        result = assess_from_folder(Assessor.demo(scorer, label), read_farm_folder(farm_data), request)
+    except (AssessmentError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False, default=str))
+        return
+    e, d, t = result.explanation, result.decision, result.trust
+    trust = "no farm data" if t.trust is None else f"{t.trust:.2f}"
+    coverage = "none" if t.coverage is None else f"{t.coverage:.0%}"
+    out.print(f"{result.farm_id} {result.season_id} with {label}: score {e.score}, grade {e.grade}; "
+              f"data trust {trust}, coverage {coverage}", highlight=False, soft_wrap=True)
+    out.print(f"decision: {d.outcome.upper()}", highlight=False, soft_wrap=True)
+    for r in d.reasons:
+        out.print(f"  - {r.text(language)}", highlight=False, soft_wrap=True)
+    for r in e.reasons:
+        out.print(f"  {r.code} {r.characteristic}: -{r.points_lost} points", highlight=False, soft_wrap=True)
+    limit = "none" if d.limit is None else f"{d.limit:,.0f} {d.currency}"
+    out.print(f"limit: {limit}; product: {d.product_id or '-'}", highlight=False, soft_wrap=True)
+    if d.outcome == "decline":
+        out.print(adverse_action_notice(d, result.counterfactual_hint).text[language], highlight=False, soft_wrap=True)
+
+
 def _json_safe(value: object) -> object:
     return value.item() if hasattr(value, "item") else value
+
+
+_DB_OPTION = typer.Option(None, "--database-url", help="PostgreSQL DSN (default: FIELDTRUST_DATABASE_URL).")
+
+
+def _in_tenant(tenant: str, database_url: str | None, action):  # noqa: ANN001, ANN202 - (conn) -> result
+    """``action(conn)`` in one transaction of the owner scoped to ``tenant``, as ``cli:<user>`` (cloud.credit)."""
+    from cloud.credit.errors import CreditError
+    from cloud.store.scope import tenant_scope
+    from fieldtrust.cli import cloud_support as support
+
+    def run(conn):  # noqa: ANN001, ANN202
+        if conn.execute("SELECT 1 FROM ft.tenants WHERE id = %s", (tenant,)).fetchone() is None:
+            raise _fail(f"no tenant {tenant!r}")
+        tenant_scope(conn, tenant)
+        try:
+            return action(conn)
+        except CreditError as exc:
+            raise _fail(str(exc)) from None
+
+    return support.in_transaction(support.settings(database_url), run)
+
+
+def _cli_actor():  # noqa: ANN202 - a cloud.auth.principal.Principal
+    from cloud.auth.scopes import admin_principal
+
+    return admin_principal().model_copy(update={"id": f"cli:{getpass.getuser()}"})
+
+
+@app.command()
+def deploy(
+    model_dir: Path = typer.Option(..., "--model", help="Registry folder (its champion) or one version's folder."),
+    tenant: str = typer.Option(..., "--tenant", help="The tenant whose applications it will score."),
+    version: str | None = typer.Option(None, "--version", help="Registry version (default: the champion)."),
+    database_url: str | None = _DB_OPTION,
+) -> None:
+    """Deploy an approved scorecard to a tenant's credit service as its champion (audited)."""
+    from cloud.credit import models
+
+    deployed = _in_tenant(tenant, database_url,
+                          lambda conn: models.deploy(conn, _cli_actor(), tenant, model_dir, version))
+    out.print(f"{deployed.name} {deployed.version} (model SHA-256 {deployed.model_sha256[:12]}…) is the champion "
+              f"of {tenant}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def shelf(
+    tenant: str = typer.Option(..., "--tenant", help="The tenant whose product shelf this is."),
+    shelf_file: Path = typer.Option(..., "--shelf", help="Product shelf, YAML or JSON (rural_credit products)."),
+    policy_file: Path | None = typer.Option(None, "--policy", help="Credit policy file (default: the sample)."),
+    crops_file: Path | None = typer.Option(None, "--crops", help="Crop yield and price table (default: the sample)."),
+    database_url: str | None = _DB_OPTION,
+) -> None:
+    """Set a tenant's product shelf, credit policy and crop table (a new version; audited)."""
+    from cloud.credit import shelves
+
+    def put(conn):  # noqa: ANN001, ANN202
+        docs = [shelves.read_document(p) if p is not None else None for p in (shelf_file, policy_file, crops_file)]
+        return shelves.put_shelf(conn, _cli_actor(), tenant, *docs)
+
+    stored = _in_tenant(tenant, database_url, put)
+    out.print(f"{tenant}: shelf version {stored.version} ({', '.join(p.id for p in stored.shelf.products)}; "
+              f"policy {stored.policy.version})", highlight=False, soft_wrap=True)

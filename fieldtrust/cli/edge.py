@@ -117,3 +117,64 @@ def check(
                       values or (row.error or ""), "" if row.response_ms is None else f"{row.response_ms:.1f}")
     Console(width=max(160, Console().width)).print(table)
     raise typer.Exit(0 if all(r.ok for r in rows) else 1)
+
+
+# -- agent updates (edge_agent.updater) ------------------------------------------------------------------
+
+update_app = typer.Typer(no_args_is_help=True, help="Install the agent release the cloud sent, or show releases.")
+app.add_typer(update_app, name="update")
+
+_CONFIG = typer.Option(Path("/etc/fieldtrust/gateway.yaml"), "--config", "-c", help="The gateway's configuration.")
+_ROOT = typer.Option(Path("/opt/fieldtrust"), "--root", help="Where releases/, current and previous live.")
+
+
+@update_app.command("apply")
+def update_apply(
+    config: Path = _CONFIG,
+    root: Path = _ROOT,
+    unit: str = typer.Option("fieldtrust-edge.service", "--unit", help="The agent's systemd unit, restarted."),
+    health_timeout: float = typer.Option(120.0, "--health-timeout", min=1,
+                                         help="Seconds the switched release has to show a heartbeat."),
+) -> None:
+    """Install the update the agent received (its data_dir/update/pending), switch, restart the agent, and switch
+    back when no heartbeat follows.  Run as root by fieldtrust-edge-update.service (started by its .path unit
+    when an update is pending, and at boot to finish a trial a power cut interrupted)."""
+    import logging
+
+    from edge_agent.config import ConfigError, load_config
+    from edge_agent.updater import HeartbeatFile, ReleaseLayout, SystemdRestart, Updater, UpdateSpool, run_pending
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config)
+        key = cfg.gateway.key()
+    except ConfigError as exc:
+        typer.echo(f"invalid configuration\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    updater = Updater(ReleaseLayout(root), SystemdRestart(unit), HeartbeatFile(cfg.heartbeat_path),
+                      health_timeout_s=health_timeout)
+    outcome = run_pending(UpdateSpool(cfg.update_dir), updater, key, cfg.gateway.id)
+    typer.echo("no agent update pending" if outcome is None
+               else f"agent release {outcome.version}: {outcome.result} {outcome.detail}".rstrip())
+
+
+@update_app.command("status")
+def update_status(config: Path = _CONFIG, root: Path = _ROOT) -> None:
+    """The installed releases, the current and previous one, those that failed, and the last update's outcome."""
+    import json
+
+    from edge_agent.config import ConfigError, load_config
+    from edge_agent.updater import ReleaseLayout, UpdateSpool
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        typer.echo(f"invalid configuration\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    layout, spool = ReleaseLayout(root), UpdateSpool(cfg.update_dir)
+    typer.echo(f"current:   {layout.current_version() or '-'}")
+    typer.echo(f"previous:  {layout.version_of(layout.previous) or '-'}")
+    typer.echo(f"installed: {', '.join(layout.installed()) or '-'}")
+    typer.echo(f"failed:    {', '.join(layout.failed_versions()) or '-'}")
+    typer.echo(f"pending:   {'yes' if spool.pending.exists() else 'no'}")
+    typer.echo(f"last:      {json.dumps(spool.last_outcome()) if spool.last_outcome() else '-'}")

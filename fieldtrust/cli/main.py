@@ -7,7 +7,7 @@ from typing import Literal
 
 import typer
 
-from fieldtrust.cli import bench, cloud, credit, edge, hw, sim, spec
+from fieldtrust.cli import bench, cloud, credit, edge, gateway, hw, node, sim, spec
 
 app = typer.Typer(
     name="fieldtrust",
@@ -20,8 +20,10 @@ app.add_typer(sim.app, name="sim", help="Hardware simulators (Modbus RTU bus, Mo
 app.add_typer(edge.app, name="edge", help="The gateway agent: run, check, scan a bus.")
 app.add_typer(cloud.app, name="cloud", help="The cloud: database, registry, broker access, ingest, API.")
 app.add_typer(bench.app, name="bench", help="Benchmarks, run from a source checkout (bench/).")
-app.add_typer(credit.app, name="credit", help="Credit scorecard: train, score, monitor, approve versions.")
 app.add_typer(hw.app, name="hw", help="Reference hardware: energy budget, bill of materials, wiring.")
+app.add_typer(credit.app, name="credit", help="Credit scorecard: train, score, monitor, approve versions.")
+app.add_typer(node.app, name="node", help="Sensor nodes in the field: provision, verify, calibrate, replace, update.")
+app.add_typer(gateway.app, name="gateway", help="Gateways: enroll (register, key file, agent config).")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from hardware.line_sensor import LineSensorSimulator
 from hardware.rtu_bus import RtuBusSimulator
 from hardware.sim_device import SimulatedDevice
 from hardware.tcp_server import TcpSimulator
-from hardware.virtual_board import BoardUnavailable, VirtualBoard
+from hardware.virtual_board import BENCH_WIRING, REFERENCE_WIRING, SENSORS, BoardUnavailable, VirtualBoard
 
 app = typer.Typer(no_args_is_help=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -191,18 +191,42 @@ def line(
 @app.command()
 def board(
     fs: Path | None = typer.Option(None, "--fs", file_okay=False, help="Host folder holding the board's flash "
-                                   "(kept across runs; default: a temporary one)."),
+                                   "(kept across runs, with the board's id; default: a temporary one)."),
+    sensors: str = typer.Option("", "--sensors", help=f"Sensors wired as the reference build, comma-separated: "
+                                f"{','.join(SENSORS)} (default: none); they follow the farm's signal model."),
+    wifi: str | None = typer.Option(None, "--wifi", help="SSID of the Wi-Fi network in range (default: none, "
+                                    "the board never joins)."),
+    wifi_password: str | None = typer.Option(None, "--wifi-password", help="Its password (default: any)."),
+    board_id: str | None = typer.Option(None, "--board-id", help="machine.unique_id() as 12 hex digits (default: "
+                                        "the one kept in --fs, else a new one)."),
+    host: list[str] = typer.Option([], "--host", help="NAME=ADDRESS the board may resolve and reach, besides "
+                                   "the host's loopback; repeat."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the weather and sensor noise."),
+    rs485: str | None = typer.Option(None, "--rs485", help="Serial device on the board's RS485 UART (pins 17/16), "
+                                     "e.g. the pty `fieldtrust sim modbus --rtu` prints."),
+    rail: bool = typer.Option(True, "--rail/--no-rail", help="Sensors on the reference build's switched rail "
+                              "(GPIO26 low = on, as the firmware drives it) or, --no-rail, always powered."),
 ) -> None:
     """Run a virtual ESP32 (real MicroPython behind its REPL) on a new pty until SIGINT/SIGTERM.
 
-    The first line on stdout is the port to give ``mpremote connect``, e.g. ``/dev/pts/7``.
+    The first line on stdout is the port to give ``mpremote connect``, e.g. ``/dev/pts/7``; the second
+    is the board's id (``machine.unique_id()`` in hex).
     """
-    sim = VirtualBoard(fs)
+    chosen = [name.strip() for name in sensors.split(",") if name.strip()]
+    hosts = {}
+    for text in host:
+        name, sep, address = text.partition("=")
+        if not sep or not name or not address:
+            raise _usage_error(f"--host wants NAME=ADDRESS, got {text!r}")
+        hosts[name] = address
     try:
+        sim = VirtualBoard(fs, board_id=board_id, sensors=chosen, wifi=wifi, wifi_password=wifi_password,
+                           hosts=hosts, seed=seed, rs485=rs485, wiring=REFERENCE_WIRING if rail else BENCH_WIRING)
         sim.start()
-    except BoardUnavailable as exc:
+    except (BoardUnavailable, ValueError) as exc:
         raise _usage_error(str(exc)) from None
     print(sim.port, flush=True)
+    print(sim.board_id.hex(), flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -12,6 +12,10 @@
 * API: uvicorn in a thread on ``127.0.0.1:<port>``; development mode (the well-known admin token
   and KEK) unless ``FIELDTRUST_ADMIN_TOKEN`` / ``FIELDTRUST_KEK`` are set.
 * Store upkeep: :class:`cloud.store.maintenance.Maintenance` (partitions ahead, rollups).
+* Node downlink: :class:`cloud.downlink.publisher.DownlinkPublisher` (configs and OTA releases set
+  through the API, published retained to the gateways), with a login of its own under the ACL.
+* Fleet: :class:`cloud.fleet.service.FleetService` (presence from the gateways' heartbeats, alert rules,
+  campaigns, webhooks), with a login of its own under the ACL.
 
 Every child process goes through ``fieldtrust.processes.spawn`` (dies with the demo); every
 thread has a stop.  :meth:`CloudStack.stop_services` ends the workers (their final counters are
@@ -35,6 +39,8 @@ from cloud.api.deps import admin_token
 from cloud.api.main import create_app
 from cloud.broker_acl import new_password, write_broker_config
 from cloud.config import CloudSettings
+from cloud.downlink.publisher import DownlinkPublisher, start_downlink
+from cloud.fleet.service import FleetOptions, FleetService
 from cloud.ingest.session import BrokerUrl
 from cloud.ingest.worker import Worker, WorkerOptions
 from cloud.store import db, registry
@@ -53,6 +59,8 @@ log = logging.getLogger(__name__)
 DATABASE_NAME = "fieldtrust"
 WORKER_PREFIX = "demo-ingest-"
 DEMO_INGEST_GROUP = "demo-ingest"
+DOWNLINK_USERNAME = "demo-downlink"
+FLEET_USERNAME = "demo-fleet"
 #: the cloud broker takes whole batches (up to the contract's 1 MiB frame), unlike a gateway's
 CLOUD_MAX_PACKET_BYTES = 1024 * 1024 + 4096
 
@@ -107,6 +115,10 @@ class CloudStack:
         self.workers: list[Worker] = []
         self.api: ApiServer | None = None
         self.maintenance: Maintenance | None = None
+        self.downlink: DownlinkPublisher | None = None
+        self._downlink_password: str | None = None
+        self.fleet: FleetService | None = None
+        self._fleet_password: str | None = None
         self.database_label = self.broker_label = ""
         self.acl = False
 
@@ -121,6 +133,9 @@ class CloudStack:
             identities, ingest_password = self._register(plans)
             self._start_broker(kind, ingest_password)
             self._start_workers()
+            self._start_downlink()
+            self.fleet = FleetService(self._service_settings(FLEET_USERNAME, self._fleet_password),
+                                      FleetOptions(client_id=FLEET_USERNAME)).start()
             self.maintenance = Maintenance.from_settings(self.settings, interval_s=30.0)
             self.maintenance.start()
             self.api = ApiServer(self.settings, self.api_port).start()
@@ -145,7 +160,12 @@ class CloudStack:
             migrate(url)
         except (MigrationError, psycopg.Error) as exc:
             raise DemoError(f"cannot migrate the database ({_describe_dsn(url)}): {exc}") from None
-        self.settings = self.settings.model_copy(update={"database_url": url})
+        # the services log in as ft_app on the same server (cloud.config.app_url), unless an external
+        # database comes with FIELDTRUST_APP_DATABASE_URL of its own
+        update: dict[str, object] = {"database_url": url}
+        if not self._external_db:
+            update["app_database_url_setting"] = None
+        self.settings = self.settings.model_copy(update=update)
 
     def _register(self, plans: list[FarmPlan]) -> tuple[dict[str, FarmIdentity], str | None]:
         try:
@@ -157,6 +177,10 @@ class CloudStack:
             identities = register_demo(conn, kek, plans, broker_logins=self.acl)
             if ingest_password is not None:
                 registry.register_service_account(conn, INGEST_USERNAME, ingest_password, "ingest")
+                self._downlink_password = new_password()
+                registry.register_service_account(conn, DOWNLINK_USERNAME, self._downlink_password, "downlink")
+                self._fleet_password = new_password()
+                registry.register_service_account(conn, FLEET_USERNAME, self._fleet_password, "fleet")
         return identities, ingest_password
 
     def _start_broker(self, kind: str | None, ingest_password: str | None) -> None:
@@ -194,6 +218,17 @@ class CloudStack:
                 raise DemoError(f"ingest worker {n} could not subscribe at the broker ({self.broker_label}); "
                                 f"see {self.data_dir / 'demo.log'}")
 
+    def _service_settings(self, username: str, password: str | None) -> CloudSettings:
+        """The settings of a service with a broker login of its own (on our Mosquitto), else the common ones."""
+        if password is None or self.broker is None:
+            return self.settings
+        login = f"{username}:{quote(password, safe='')}@"
+        return self.settings.model_copy(update={"mqtt_url": f"mqtt://{login}{self.broker.host}:{self.broker.port}"})
+
+    def _start_downlink(self) -> None:
+        self.downlink = start_downlink(self._service_settings(DOWNLINK_USERNAME, self._downlink_password),
+                                       client_id=DOWNLINK_USERNAME)
+
     # -- what the runner shows ------------------------------------------------------------------------
 
     @property
@@ -222,6 +257,12 @@ class CloudStack:
         for worker in self.workers:
             worker.stop()
         self.workers = []
+        if self.downlink is not None:
+            self.downlink.stop()
+            self.downlink = None
+        if self.fleet is not None:
+            self.fleet.stop()
+            self.fleet = None
         if self.api is not None:
             self.api.stop()
             self.api = None

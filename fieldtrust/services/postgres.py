@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import subprocess
 import tempfile
 import time
@@ -150,8 +151,16 @@ class EmbeddedPostgres:
         return self.url_for(name)
 
     def stop(self) -> None:
-        """SIGTERM is PostgreSQL's "smart" shutdown; processes.stop escalates if it lingers."""
+        """SIGINT, PostgreSQL's "fast" shutdown (what ``pg_ctl stop`` does): sessions end, a checkpoint is written.
+
+        SIGTERM ("smart") would wait for every client to leave, and a connected service never does;
+        processes.stop escalates if the server lingers all the same.
+        """
         if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(20)
             processes.stop(self._proc, timeout=20)
             self._proc = None
 

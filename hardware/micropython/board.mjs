@@ -1,30 +1,45 @@
 #!/usr/bin/env node
-// A virtual ESP32's serial console: real MicroPython (the official WebAssembly port) behind its REPL,
-// speaking on stdin/stdout exactly what a board speaks on its USB serial line, so `mpremote` works.
+// A virtual ESP32: real MicroPython (the official WebAssembly port) behind its REPL, speaking on
+// stdin/stdout exactly what a board speaks on its USB serial line, so `mpremote` works, with the
+// ESP32's hardware modules (machine, onewire, ds18x20, esp32, esp, network, socket, ntptime: their
+// Python side in board_lib/, the hardware behind them in board_hw.mjs and net.mjs).
 //
-//   node board.mjs --fs DIR
+//   node board.mjs --fs DIR --id HEX12 [--env FILE] [--host-file NAME]...
 //
-// DIR is the board's flash: copied into /flash (the working directory) at every boot and written back
-// after every input that may have changed it, so files copied with `mpremote cp` survive a soft reset.
+// DIR is the board's flash, mounted at / as on an ESP32: copied in at every boot and written back
+// after every input that may have changed it, before every sleep, socket connect and reset, so files
+// copied with `mpremote cp` or written by the firmware survive resets.  --host-file names files in
+// DIR that belong to the host (the board neither sees nor deletes them).  --id is the chip's base MAC
+// (machine.unique_id()).  FILE is the environment the host writes: sensor values, Wi-Fi networks in
+// range, host names, the serial device on the RS485 UART (see board_hw.mjs, hardware/virtual_board.py).
 // The port's own REPL handles the friendly and raw REPL; this bridge adds what it lacks:
-// - soft reset (Ctrl-D): a fresh interpreter (empty heap and globals), "MPY: soft reboot", boot.py,
-//   main.py (friendly REPL only, as on a board), then the REPL in the mode it was in;
+// - soft reset (Ctrl-D, machine.soft_reset(), SystemExit out of main.py): a fresh interpreter (empty
+//   heap and globals), "MPY: soft reboot", boot.py, main.py (friendly REPL only, as on a board), then
+//   the REPL in the mode it was in;
+// - hard resets (machine.reset(), the watchdog, waking from machine.deepsleep()): a fresh worker, the
+//   ROM bootloader's reset line, boot.py and main.py, the friendly REPL; RTC memory and clock kept;
 // - raw-paste mode (Ctrl-E A Ctrl-A in the raw REPL): the port's own one waits on a blocking stdin read
 //   and stalls, so the bridge runs the protocol (window flow control) and feeds the whole code at once;
 // - cooked output (\n sent as \r\n, as a board's UART driver does; this port prints bare \n);
 // - POSIX error numbers: this build raises Emscripten's (OSError 44 for ENOENT); tracebacks are
 //   rewritten to the numbers a board prints, which `mpremote fs` maps back to its errors.
-// - machine.reset() and machine.soft_reset() (what `mpremote reset` calls); file sizes in os.ilistdir;
-// - Ctrl-C while a program runs: see Supervisor.
+// - file sizes in os.ilistdir; sleeps that do not spin the host's CPU;
+// - Ctrl-C while a program runs or the board sleeps: see Supervisor.
 // The process exits when stdin closes: the parent is gone.
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { Worker, isMainThread, parentPort, workerData } from "node:worker_threads";
+import { RESET, SharedState, boardModule, romLine } from "./board_hw.mjs";
 
-const FLASH = "/flash";
+const FLASH = "/";
+const ROM_DIR = "/dev/board"; // the board's built-in modules: importable, never part of the flash
+const BOARD_LIB = new URL("./board_lib/", import.meta.url);
+const SYSTEM_DIRS = ["/home/web_user", "/home", "/tmp", "/proc/self/fd", "/proc/self", "/proc"]; // not on a board
+const HIDDEN_AT_ROOT = new Set(["dev"]); // the port's devices (and ROM_DIR): not flash
 const PASTE_WINDOW = 2048;
 const INTERRUPT_GRACE_MS = 500;
+const WATCHDOG_POLL_MS = 100;
 const CTRL_A = 0x01, CTRL_B = 0x02, CTRL_C = 0x03, CTRL_D = 0x04, CTRL_E = 0x05;
 // Emscripten's errno values for the errors file operations raise, by name (its ERRNO_CODES table).
 const EMSCRIPTEN_ERRNO = {
@@ -35,53 +50,46 @@ const EMSCRIPTEN_ERRNO = {
 const TO_POSIX = new Map(Object.entries(EMSCRIPTEN_ERRNO).map(([name, n]) => [n, os.constants.errno[name]]));
 const OSERROR = "OSError: ";
 
-// Runs a file from the flash in __main__'s globals, printing its traceback as a board does.
+// Runs a file from the flash in __main__'s globals, printing its traceback as a board does; True when
+// it ended with SystemExit (which soft-resets a board).
 const RUN_FILE = `
 def _board_run(name):
     import os, sys
     try:
         os.stat(name)
     except OSError:
-        return
+        return False
     try:
         exec(open(name).read(), globals())
+    except SystemExit:
+        return True
     except BaseException as exc:
         sys.print_exception(exc)
+    return False
 `;
 
-// This port's os.ilistdir gives (name, type, inode) only; a board's flash filesystem adds the size,
-// which `mpremote fs ls` shows.
-const ILISTDIR_WITH_SIZE = `
-import os
-def _ilistdir(path=".", _plain=os.ilistdir, _stat=os.stat):
-    for entry in _plain(path):
-        size = _stat(path.rstrip("/") + "/" + entry[0])[6] if entry[1] == 0x8000 else 0
-        yield (entry[0], entry[1], entry[2], size)
-os.ilistdir = _ilistdir
-del os, _ilistdir
-`;
-
-// The part of `machine` that mpremote calls (`mpremote reset`): resets go through the bridge.
-const MACHINE_PY = `import _board
-
-
-def reset():
-    _board.request_reset(True)
-    raise SystemExit
-
-
-def soft_reset():
-    _board.request_reset(False)
-    raise SystemExit
-`;
+const USAGE = "usage: node board.mjs --fs DIR --id HEX12 [--env FILE] [--host-file NAME]...";
 
 function parseArgs(argv) {
-  if (argv.length !== 2 || argv[0] !== "--fs") {
-    process.stderr.write("usage: node board.mjs --fs DIR\n");
-    process.exit(2);
+  const opts = { flashDir: null, uid: null, envFile: null, hostFiles: [] };
+  for (let i = 0; i < argv.length; i += 2) {
+    const [flag, value] = [argv[i], argv[i + 1]];
+    if (value === undefined) usage(`${flag} needs a value`);
+    if (flag === "--fs") opts.flashDir = path.resolve(value);
+    else if (flag === "--id") opts.uid = value.toLowerCase();
+    else if (flag === "--env") opts.envFile = path.resolve(value);
+    else if (flag === "--host-file") opts.hostFiles.push(value);
+    else usage(`unknown option ${flag}`);
   }
-  fs.mkdirSync(argv[1], { recursive: true });
-  return path.resolve(argv[1]);
+  if (opts.flashDir === null) usage("--fs DIR is required");
+  if (!/^[0-9a-f]{12}$/.test(opts.uid ?? "")) usage(`--id wants 12 hex digits (6 bytes), got ${opts.uid}`);
+  fs.mkdirSync(opts.flashDir, { recursive: true });
+  return opts;
+}
+
+function usage(problem) {
+  process.stderr.write(`board.mjs: ${problem}\n${USAGE}\n`);
+  process.exit(2);
 }
 
 // Console output: bytes are collected and written synchronously, so they reach the line while code runs.
@@ -145,8 +153,10 @@ class Console {
 }
 
 class Board {
-  constructor(flashDir, out) {
-    this.flashDir = flashDir;
+  // opts: flashDir, uid, envFile, hostFiles; state: SharedState; post(msg) to the main thread.
+  constructor(opts, out, state, post) {
+    this.flashDir = opts.flashDir;
+    this.hostFiles = new Set(opts.hostFiles);
     this.out = out;
     this.mp = null;
     this.raw = false; // which REPL the user is in (survives soft resets)
@@ -155,31 +165,49 @@ class Board {
     this.paste = null; // raw-paste data while receiving it
     this.pasteCredit = 0;
     this.synced = new Map(); // flash path -> content last written to the host folder
-    this.resetRequest = null; // true (hard) or false (soft) once machine.reset()/soft_reset() ran
+    this.softResetRequested = false; // machine.soft_reset() ran
+    this.hw = boardModule({
+      state, uid: opts.uid, envFile: opts.envFile,
+      hooks: {
+        flush: () => out.flush(),
+        saveFlash: () => this.saveFlash(),
+        post,
+        softReset: () => { this.softResetRequested = true; },
+      },
+    });
+    this.cause = state.cause;
   }
 
-  // kind: "power-on", "soft" (Ctrl-D, soft_reset), "hard" (machine.reset) or "interrupted" (see Supervisor).
+  // kind: "power-on" or "hard" (the worker's first boot after a hardware reset), "soft" (Ctrl-D,
+  // soft_reset) or "interrupted" (a Ctrl-C ended the previous worker: see Supervisor).
   async boot(kind) {
     const { loadMicroPython } = await import("@micropython/micropython-webassembly-pyscript");
     const put = (bytes) => {
       for (const b of bytes) this.out.put(b);
     };
-    if (kind === "soft") this.out.text("MPY: soft reboot\r\n");
-    if (kind === "interrupted") this.out.text("KeyboardInterrupt: program stopped by restarting the board\r\n");
-    if (kind === "hard") this.raw = false; // a hard reset comes up in the friendly REPL
-    this.resetRequest = null;
-    this.mp = await loadMicroPython({ linebuffer: false, stdout: put, stderr: put });
-    this.mp.registerJsModule("_board", { request_reset: (isHard) => { this.resetRequest = Boolean(isHard); } });
-    this.mp.FS.mkdirTree("/lib");
-    this.mp.FS.writeFile("/lib/machine.py", MACHINE_PY);
-    this.loadFlash();
-    this.mp.runPython(`import os, sys\nos.chdir("${FLASH}")\nsys.path.append("${FLASH}/lib")\ndel os, sys\n`);
-    this.mp.runPython(ILISTDIR_WITH_SIZE);
-    this.mp.runPython(RUN_FILE);
-    if (kind !== "interrupted") this.runFile("boot.py");
-    if (kind !== "interrupted" && !this.raw) this.runFile("main.py");
-    this.mp.runPython("del _board_run");
-    this.saveFlash();
+    for (;;) {
+      if (kind === "power-on" || kind === "hard") this.out.text(romLine(this.cause));
+      if (kind === "soft") this.out.text("MPY: soft reboot\r\n");
+      if (kind === "interrupted") this.out.text("KeyboardInterrupt: program stopped by restarting the board\r\n");
+      this.softResetRequested = false;
+      this.hw.close_sockets();
+      this.mp = await loadMicroPython({ linebuffer: false, stdout: put, stderr: put });
+      this.mp.registerJsModule("_board", this.hw);
+      for (const dir of SYSTEM_DIRS) this.mp.FS.rmdir(dir);
+      this.mp.FS.mkdirTree(ROM_DIR);
+      for (const name of fs.readdirSync(BOARD_LIB)) {
+        if (name.endsWith(".py")) this.mp.FS.writeFile(`${ROM_DIR}/${name}`, fs.readFileSync(new URL(name, BOARD_LIB)));
+      }
+      this.loadFlash();
+      this.mp.runPython(`import os, sys\nos.chdir("${FLASH}")\nsys.path.append("${ROM_DIR}")\nimport _boot\ndel os, sys, _boot\n`);
+      this.mp.runPython(RUN_FILE);
+      let exited = kind !== "interrupted" && this.runFile("boot.py");
+      if (!exited && kind !== "interrupted" && !this.raw) exited = this.runFile("main.py");
+      this.mp.runPython("del _board_run");
+      this.saveFlash();
+      if (!exited && !this.softResetRequested) break;
+      kind = "soft"; // SystemExit out of boot.py or main.py, or machine.soft_reset(): a soft reset
+    }
     this.out.muted = this.raw; // in the raw REPL a board prints only the raw banner after a reset
     this.mp.replInit();
     this.out.muted = false;
@@ -189,7 +217,11 @@ class Board {
   }
 
   runFile(name) {
-    this.mp.runPython(`_board_run("${name}")`);
+    return this.mp.runPython(`_board_run("${name}")`);
+  }
+
+  isHostFile(hostPath) {
+    return path.dirname(hostPath) === this.flashDir && this.hostFiles.has(path.basename(hostPath));
   }
 
   loadFlash() {
@@ -198,8 +230,9 @@ class Board {
       for (const entry of fs.readdirSync(host, { withFileTypes: true })) {
         const from = path.join(host, entry.name);
         const to = path.posix.join(dest, entry.name);
+        if (dest === FLASH && HIDDEN_AT_ROOT.has(entry.name)) continue;
         if (entry.isDirectory()) walk(from, to);
-        else if (entry.isFile()) {
+        else if (entry.isFile() && !this.isHostFile(from)) {
           const data = fs.readFileSync(from);
           this.mp.FS.writeFile(to, data);
           this.synced.set(to, data);
@@ -208,14 +241,46 @@ class Board {
     };
     this.synced.clear();
     walk(this.flashDir, FLASH);
+    this.watchWrites();
   }
 
-  // Mirrors /flash into the host folder: changed files written, removed ones deleted.
+  // Notes what the running code changes, so that saving the flash touches only that: file writes by
+  // path, anything else (rename, remove, mkdir) as a change of the tree.
+  watchWrites() {
+    const FS = this.mp.FS;
+    this.written = new Set();
+    this.treeChanged = false;
+    const wrap = (name, note) => {
+      const original = FS[name];
+      FS[name] = function (...args) {
+        note(...args);
+        return original.apply(this, args);
+      };
+    };
+    wrap("write", (stream) => this.written.add(stream.path));
+    wrap("open", (where, flags) => {
+      const writing = typeof flags === "string" ? flags !== "r" : (flags & 3) !== 0;
+      if (writing) this.treeChanged = true; // may create or truncate a file
+    });
+    for (const name of ["unlink", "rename", "rmdir", "mkdir", "truncate", "ftruncate", "symlink"]) {
+      wrap(name, () => { this.treeChanged = true; });
+    }
+  }
+
+  // Mirrors the flash into the host folder: changed files written, removed ones deleted.
   saveFlash() {
+    if (this.mp === null || (!this.treeChanged && this.written.size === 0)) return;
+    if (!this.treeChanged) {
+      for (const full of this.written) this.saveFile(full);
+      this.written.clear();
+      return;
+    }
+    this.treeChanged = false;
+    this.written.clear();
     const seen = new Set();
     const walk = (dir) => {
       for (const name of this.mp.FS.readdir(dir)) {
-        if (name === "." || name === "..") continue;
+        if (name === "." || name === ".." || (dir === FLASH && HIDDEN_AT_ROOT.has(name))) continue;
         const full = path.posix.join(dir, name);
         const host = path.join(this.flashDir, path.posix.relative(FLASH, full));
         if (this.mp.FS.isDir(this.mp.FS.stat(full).mode)) {
@@ -242,11 +307,26 @@ class Board {
     this.removeHostExtras(this.flashDir, seen);
   }
 
+  saveFile(full) {
+    if (!full.startsWith(FLASH) || HIDDEN_AT_ROOT.has(full.split("/")[1])) return;
+    let data;
+    try {
+      data = Buffer.from(this.mp.FS.readFile(full));
+    } catch {
+      return; // removed since: the next tree walk deletes it
+    }
+    const last = this.synced.get(full);
+    if (last === undefined || !last.equals(data)) {
+      fs.writeFileSync(path.join(this.flashDir, path.posix.relative(FLASH, full)), data);
+      this.synced.set(full, data);
+    }
+  }
+
   removeHostExtras(hostDir, seen) {
     for (const entry of fs.readdirSync(hostDir, { withFileTypes: true })) {
       const host = path.join(hostDir, entry.name);
       const full = path.posix.join(FLASH, path.relative(this.flashDir, host).split(path.sep).join("/"));
-      if (!entry.isDirectory()) continue;
+      if (!entry.isDirectory() || (hostDir === this.flashDir && HIDDEN_AT_ROOT.has(entry.name))) continue;
       if (!seen.has(full)) fs.rmSync(host, { recursive: true, force: true });
       else this.removeHostExtras(host, seen);
     }
@@ -308,17 +388,16 @@ class Board {
       this.rawLineEmpty = true;
     }
     this.out.flush();
-    if (this.resetRequest !== null) return this.boot(this.resetRequest ? "hard" : "soft");
-    if (status !== 0) return this.boot("soft");
+    if (this.softResetRequested || status !== 0) return this.boot("soft");
     return null;
   }
 }
 
 // Worker side: the board itself; it reports "idle" (and its REPL mode) whenever all input is handled.
-async function runBoard({ flashDir, raw, interrupted }) {
+async function runBoard(data) {
   const out = new Console();
-  const board = new Board(flashDir, out);
-  board.raw = raw;
+  const board = new Board(data, out, new SharedState(data.state), (msg) => parentPort.postMessage(msg));
+  board.raw = data.raw;
   const queue = [];
   let pumping = true; // until booted: input waits in the queue
   const pump = async () => {
@@ -346,34 +425,39 @@ async function runBoard({ flashDir, raw, interrupted }) {
     queue.push(chunk);
     run();
   });
-  await board.boot(interrupted ? "interrupted" : "power-on");
+  await board.boot(data.kind);
   pumping = false;
   run();
 }
 
-// Main thread: owns stdin.  The interpreter cannot see Ctrl-C while a program runs (no VM hook in this
-// port), so a Ctrl-C that finds the board still busy after INTERRUPT_GRACE_MS ends the worker and starts
-// a fresh interpreter in the same REPL mode: the program stops (its globals are lost, unlike on a board).
+// Main thread: owns stdin, the board's shared state and its resets.
+// - The interpreter cannot see Ctrl-C while a program runs (no VM hook in this port), so a Ctrl-C that
+//   finds the board still busy after INTERRUPT_GRACE_MS ends the worker and starts a fresh interpreter
+//   in the same REPL mode: the program stops (its globals are lost, unlike on a board).
+// - A hardware reset (machine.reset(), deep sleep, the watchdog) ends the worker and starts a new one,
+//   after the sleep for a deep sleep.  Serial input during deep sleep is lost, as on a sleeping chip,
+//   except Ctrl-C: it wakes the board into the REPL, as a dev kit's reset line would let a tool do.
 class Supervisor {
-  constructor(flashDir) {
-    this.flashDir = flashDir;
+  constructor(opts) {
+    this.opts = opts;
+    this.state = SharedState.create();
     this.raw = false;
     this.timer = null; // runs while a Ctrl-C waits for the busy board; input meanwhile is held
     this.held = [];
-    this.start(false);
+    this.asleep = false;
+    this.wakeTimer = null;
+    this.start("power-on");
+    setInterval(() => this.checkWatchdog(), WATCHDOG_POLL_MS);
   }
 
-  start(interrupted) {
+  start(kind) {
+    if (kind !== "interrupted") this.raw = false; // a reset comes up in the friendly REPL
     this.worker = new Worker(new URL(import.meta.url), {
-      workerData: { flashDir: this.flashDir, raw: this.raw, interrupted },
+      workerData: { ...this.opts, raw: this.raw, kind, state: this.state.sab },
     });
     this.worker.on("message", (msg) => {
-      this.raw = msg.raw;
-      if (this.timer !== null) {
-        clearTimeout(this.timer);
-        this.timer = null;
-        this.release();
-      }
+      if (msg.kind === "reset") this.hardReset(msg.cause, msg.delayMs);
+      else this.idle(msg);
     });
     this.worker.on("error", (err) => {
       process.stderr.write(`board.mjs: MicroPython worker failed: ${err.stack ?? err}\n`);
@@ -381,7 +465,23 @@ class Supervisor {
     });
   }
 
+  idle(msg) {
+    this.raw = msg.raw;
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.release();
+    }
+  }
+
   input(chunk) {
+    if (this.asleep) {
+      const cut = chunk.indexOf(CTRL_C) + 1;
+      if (cut === 0) return; // lost, as on a sleeping chip
+      this.wake();
+      if (cut < chunk.length) this.input(chunk.subarray(cut)); // a tool's next request: kept for the REPL
+      return;
+    }
     if (this.timer !== null) {
       this.held.push(chunk);
       return;
@@ -399,12 +499,74 @@ class Supervisor {
     for (const chunk of held) this.input(chunk);
   }
 
-  interrupt() {
+  endWorker() {
+    const old = this.worker;
+    const held = this.state.uartFds();
+    old.removeAllListeners();
+    old.on("error", () => {}); // whatever it was doing when ended is of no interest
+    old.once("exit", () => this.state.releaseUartFds(held)); // the host fds it held, once it cannot use them
+    old.terminate();
+    if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    this.worker.removeAllListeners();
-    this.worker.terminate();
-    this.start(true);
+  }
+
+  interrupt() {
+    this.endWorker();
+    this.start("interrupted");
     this.release();
+  }
+
+  // delayMs: 0 resets at once, > 0 sleeps that long first, < 0 sleeps until Ctrl-C.
+  hardReset(cause, delayMs) {
+    const interrupted = this.timer !== null; // a Ctrl-C reached the board as it went to sleep
+    const held = this.held;
+    this.endWorker();
+    this.held = [];
+    this.state.stopWatchdog();
+    this.state.cause = cause;
+    if (delayMs === 0) {
+      this.start("hard");
+      return;
+    }
+    this.asleep = true;
+    if (interrupted) {
+      this.wake();
+      for (const chunk of held) this.input(chunk);
+      return;
+    }
+    if (delayMs > 0) {
+      this.wakeTimer = setTimeout(() => {
+        this.asleep = false;
+        this.wakeTimer = null;
+        this.start("hard");
+      }, delayMs);
+    }
+  }
+
+  wake() {
+    clearTimeout(this.wakeTimer);
+    this.wakeTimer = null;
+    this.asleep = false;
+    this.state.cause = RESET.HARD;
+    this.start("interrupted");
+  }
+
+  checkWatchdog() {
+    if (this.asleep || !this.state.watchdogExpired()) return;
+    writeOut("\r\nE (0) task_wdt: Task watchdog got triggered: the watchdog was not fed in time\r\n");
+    this.hardReset(RESET.WDT, 0);
+  }
+}
+
+function writeOut(text) {
+  const buf = Buffer.from(text, "latin1");
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(1, buf, off);
+    } catch (err) {
+      if (err.code !== "EAGAIN") process.exit(1);
+    }
   }
 }
 

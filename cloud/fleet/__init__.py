@@ -1,0 +1,1 @@
+"""Fleet operations: presence and health of gateways and devices, alerts, webhooks, OTA campaigns, backups."""
